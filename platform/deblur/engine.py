@@ -1,0 +1,129 @@
+"""The online engine: decoded frames in, one at a time; deblurred frames out.
+
+Frame n leaves as soon as frame n+m has arrived (latency m frames). At the start and
+the end of a video the window repeats the edge frame. The recurrent state runs
+through the whole video; memory holds 2m+1 frames and the state, whatever the
+video's length. This is the one place that turns frames into deblurred frames: the
+CLI, the batch job and the endpoint all go through it, so their outputs agree.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from deblur.model import DeblurNet, RecurrentState
+
+__all__ = ["OnlineDeblurrer", "deblur_frames", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' (or None) picks CUDA when present, else the CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    return device
+
+
+class OnlineDeblurrer:
+    """Streams RGB uint8 frames (H, W, 3) through a DeblurNet with latency m.
+
+    ``push(frame)`` returns the frames that became ready (zero or one);
+    ``finish()`` returns the last m frames. One instance is one video: its state is
+    never shared, and a finished instance refuses more frames.
+    """
+
+    def __init__(self, model: DeblurNet, *, device: str | torch.device | None = "auto") -> None:
+        self.device = resolve_device(device)
+        # Channels-last is about twice as fast for these convs on CPUs and on tensor cores.
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.m = model.m
+        self._window: deque[Tensor] = deque(maxlen=2 * self.m + 1)  # newest last
+        self._state: RecurrentState | None = None
+        self._size: tuple[int, int] | None = None  # (H, W) of the video
+        self._received = 0
+        self._emitted = 0
+        self._finished = False
+
+    @property
+    def frames_received(self) -> int:
+        return self._received
+
+    @property
+    def frames_emitted(self) -> int:
+        return self._emitted
+
+    def push(self, frame: np.ndarray) -> list[np.ndarray]:
+        if self._finished:
+            raise RuntimeError("this engine has finished its video; create a new one per video")
+        tensor = self._to_tensor(frame)
+        self._window.append(tensor)
+        self._received += 1
+        if self._received <= self.m:
+            return []  # frame n = received-1-m does not exist yet
+        # Frame n = received-1-m: its window n-m..n+m ends at the newest frame.
+        return [self._emit(self._received - 1 - self.m)]
+
+    def finish(self) -> list[np.ndarray]:
+        """Emit the frames still waiting for their future neighbours (edge repeated)."""
+        if self._finished:
+            return []
+        self._finished = True
+        return [self._emit(n) for n in range(self._emitted, self._received)]
+
+    def run(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        for frame in frames:
+            yield from self.push(frame)
+        yield from self.finish()
+
+    # -- internals -------------------------------------------------------------------
+
+    def _to_tensor(self, frame: np.ndarray) -> Tensor:
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
+        h, w = frame.shape[:2]
+        if self._size is None:
+            self._size = (h, w)
+        elif self._size != (h, w):
+            raise ValueError(f"frame {self._received} is {w}x{h}, the video is {self._size[1]}x{self._size[0]}")
+        x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device)
+        x = x.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)  # (1, 3, H, W)
+        pad_h, pad_w = (-h) % self.model.stride, (-w) % self.model.stride
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        return x
+
+    def _window_tensor(self, n: int) -> Tensor:
+        # The deque holds frames first..last; indices outside [0, last_received] repeat
+        # the edge frame.
+        last = self._received - 1
+        first = last - len(self._window) + 1
+        idx = [min(max(i, 0), last) for i in range(n - self.m, n + self.m + 1)]
+        frames = [self._window[i - first] for i in idx]
+        return torch.stack(frames, dim=1)
+
+    @torch.inference_mode()
+    def _emit(self, n: int) -> np.ndarray:
+        window = self._window_tensor(n)  # (1, 2m+1, 3, Hp, Wp)
+        if self._state is None:
+            _, _, _, hp, wp = window.shape
+            self._state = self.model.init_state(1, hp, wp, device=self.device)
+        out, self._state = self.model.step(window, self._state)
+        h, w = self._size  # type: ignore[misc]
+        out = out[0, :, :h, :w].clamp_(0.0, 1.0).mul_(255.0).round_()
+        self._emitted += 1
+        return out.to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
+
+
+def deblur_frames(
+    model: DeblurNet, frames: Iterable[np.ndarray], *, device: str | torch.device | None = "auto"
+) -> Iterator[np.ndarray]:
+    """Deblur an iterable of RGB uint8 frames; yields as many frames as it consumed."""
+    yield from OnlineDeblurrer(model, device=device).run(frames)

@@ -1,0 +1,47 @@
+"""Deblur a video file: decode, online engine, encode (the inference stage).
+
+The batch job and the endpoint call the same functions, so a video gives the same
+frames whichever way it is deblurred.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from deblur.engine import OnlineDeblurrer
+from deblur.model import DeblurNet
+from deblur.video import EncoderOptions, Source, TransformResult, VideoInfo, transform_video
+
+__all__ = ["DeblurResult", "deblur_file"]
+
+
+@dataclass(frozen=True)
+class DeblurResult:
+    frames: int
+    seconds: float
+    info: VideoInfo
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else float("inf")
+
+
+def deblur_file(
+    source: Source,
+    destination: str | os.PathLike[str],
+    model: DeblurNet,
+    *,
+    device: str | torch.device | None = "auto",
+    encoder: EncoderOptions | None = None,
+    on_frame: Callable[[int, VideoInfo], None] | None = None,
+) -> DeblurResult:
+    """Deblur ``source`` into ``destination`` (written atomically), one frame at a time."""
+    start = time.perf_counter()
+    engine = OnlineDeblurrer(model, device=device)
+    result: TransformResult = transform_video(source, destination, engine, encoder=encoder, on_frame=on_frame)
+    return DeblurResult(frames=result.frames, seconds=time.perf_counter() - start, info=result.info)

@@ -1,0 +1,433 @@
+"""Streaming video I/O with PyAV (FFmpeg), both directions.
+
+``transform_video`` decodes a file frame by frame, hands each RGB frame to a
+processor (the online engine), and encodes what comes back, so memory never holds
+more than the processor's window. The output keeps the input's frame count, frame
+timestamps (so frame rate and duration, variable rates included), size, rotation
+metadata and audio (packets copied unchanged where the output container accepts the
+codec, re-encoded to AAC otherwise). It is written under a temporary name beside the
+destination and renamed only when complete, so a failure never leaves a file where
+a finished one is expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import IO, Protocol
+
+import av
+import numpy as np
+
+__all__ = [
+    "EncoderOptions",
+    "FrameProcessor",
+    "VideoError",
+    "VideoInfo",
+    "probe_video",
+    "read_frames",
+    "transform_video",
+    "write_video",
+]
+
+Source = str | os.PathLike[str] | IO[bytes]
+
+
+class VideoError(Exception):
+    """A video could not be read or written; the message names the file and the cause."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    name: str
+    width: int
+    height: int
+    fps: Fraction  # average frame rate
+    time_base: Fraction
+    frames: int | None  # as declared by the container; None when it does not say
+    duration: float | None  # seconds
+    rotation: int  # display rotation, degrees counter-clockwise
+    codec: str
+    pix_fmt: str
+    audio_codecs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """How the output video stream is encoded.
+
+    Default: H.264 (libx264) at CRF 18, visually lossless for most content, 4:2:0
+    (4:4:4 when a dimension is odd, which 4:2:0 cannot represent). ``lossless``
+    switches to libx264rgb at QP 0, which round-trips RGB frames exactly.
+    """
+
+    lossless: bool = False
+    crf: int = 18
+    preset: str = "medium"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def codec_and_format(self, width: int, height: int) -> tuple[str, str, dict[str, str]]:
+        if self.lossless:
+            return "libx264rgb", "rgb24", {"qp": "0", "preset": self.preset, **self.extra}
+        pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        return "libx264", pix_fmt, {"crf": str(self.crf), "preset": self.preset, **self.extra}
+
+
+class FrameProcessor(Protocol):
+    """What ``transform_video`` drives: the online engine has this shape."""
+
+    def push(self, frame: np.ndarray) -> list[np.ndarray]: ...
+
+    def finish(self) -> list[np.ndarray]: ...
+
+
+def _name(source: Source) -> str:
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    return getattr(source, "name", None) or "<stream>"
+
+
+@contextlib.contextmanager
+def _open_input(source: Source, name: str) -> Iterator[av.container.InputContainer]:
+    if isinstance(source, str | os.PathLike) and not Path(source).exists():
+        raise VideoError(f"{name}: no such file")
+    try:
+        container = av.open(source if not isinstance(source, os.PathLike) else os.fspath(source), mode="r")
+    except av.FFmpegError as exc:
+        raise VideoError(f"{name}: not a readable video ({_reason(exc)})") from exc
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, av.FFmpegError) and exc.strerror:
+        return str(exc.strerror)
+    return str(exc) or type(exc).__name__
+
+
+def _video_stream(container: av.container.InputContainer, name: str) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise VideoError(f"{name}: contains no video stream")
+    stream = container.streams.video[0]
+    if stream.codec_context is None or stream.codec_context.width <= 0:
+        raise VideoError(f"{name}: video stream has no decodable codec or size")
+    return stream
+
+
+def _info(container: av.container.InputContainer, stream: av.video.stream.VideoStream, name: str) -> VideoInfo:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / av.time_base
+    return VideoInfo(
+        name=name,
+        width=stream.codec_context.width,
+        height=stream.codec_context.height,
+        fps=Fraction(rate) if rate else Fraction(0),
+        time_base=Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000),
+        frames=stream.frames or None,
+        duration=duration,
+        rotation=0,  # read from the first frame's display matrix by the decoders below
+        codec=stream.codec_context.name,
+        pix_fmt=stream.codec_context.pix_fmt or "unknown",
+        audio_codecs=tuple(a.codec_context.name for a in container.streams.audio),
+    )
+
+
+def probe_video(source: Source) -> VideoInfo:
+    """Read a video's header (and its first frame, for the rotation)."""
+    name = _name(source)
+    with _open_input(source, name) as container:
+        stream = _video_stream(container, name)
+        info = _info(container, stream, name)
+        try:
+            first = next(container.decode(stream), None)
+        except av.FFmpegError as exc:
+            raise VideoError(f"{name}: cannot decode video ({_reason(exc)})") from exc
+        if first is None:
+            raise VideoError(f"{name}: contains no video frames")
+        return _with_rotation(info, first)
+
+
+def _with_rotation(info: VideoInfo, frame: av.VideoFrame) -> VideoInfo:
+    rotation = round(frame.rotation or 0)
+    if rotation == info.rotation:
+        return info
+    return VideoInfo(**{**info.__dict__, "rotation": rotation})
+
+
+def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    # swscale converts any pixel format (gray, alpha, 10-bit, ...) to 8-bit RGB.
+    return frame.to_ndarray(format="rgb24")
+
+
+def _check_complete(info: VideoInfo, decoded: int) -> None:
+    if decoded == 0:
+        raise VideoError(f"{info.name}: contains no video frames")
+    if info.frames is not None and decoded < info.frames:
+        raise VideoError(
+            f"{info.name}: truncated or corrupt: the container declares {info.frames} frames, "
+            f"only {decoded} could be decoded"
+        )
+
+
+def read_frames(source: Source) -> Iterator[np.ndarray]:
+    """Yield every frame as RGB uint8 (H, W, 3), streaming; errors name the file."""
+    name = _name(source)
+    with _open_input(source, name) as container:
+        stream = _video_stream(container, name)
+        stream.thread_type = "AUTO"
+        info = _info(container, stream, name)
+        decoded = 0
+        try:
+            for frame in container.decode(stream):
+                decoded += 1
+                yield _to_rgb(frame)
+        except av.FFmpegError as exc:
+            raise VideoError(f"{name}: corrupt video at frame {decoded} ({_reason(exc)})") from exc
+        _check_complete(info, decoded)
+
+
+@contextlib.contextmanager
+def _atomic_output(destination: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside ``destination``, renamed onto it only on success."""
+    dest = Path(destination)
+    if dest.is_dir():
+        raise VideoError(f"{dest}: is a directory")
+    if not dest.parent.exists():
+        raise VideoError(f"{dest}: directory {dest.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".partial{dest.suffix}", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp_path.chmod(0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def _container_format(path: Path) -> str | None:
+    # The temporary name ends in ".partial.EXT"; FFmpeg guesses the muxer from EXT.
+    return None if path.suffix else "mp4"
+
+
+def _container_options(path: Path) -> dict[str, str]:
+    # Index at the front: the file plays (and range-reads) before it is fully fetched.
+    if path.suffix.lower() in {".mp4", ".mov", ".m4v", ""}:
+        return {"movflags": "+faststart"}
+    return {}
+
+
+class _Encoder:
+    """Video encoder plus audio pass-through for one output file."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        width: int,
+        height: int,
+        fps: Fraction,
+        time_base: Fraction,
+        rotation: int,
+        options: EncoderOptions,
+        audio_templates: Iterable[av.audio.stream.AudioStream] = (),
+    ) -> None:
+        self.out = av.open(os.fspath(path), mode="w", format=_container_format(path), options=_container_options(path))
+        codec, pix_fmt, codec_options = options.codec_and_format(width, height)
+        self.video = self.out.add_stream(codec, rate=fps if fps else None, options=codec_options)
+        self.video.width, self.video.height, self.video.pix_fmt = width, height, pix_fmt
+        self.video.time_base = time_base
+        self.video.codec_context.time_base = time_base
+        if rotation:
+            self.video.set_display_rotation(rotation)
+        self.time_base = time_base
+        self.pix_fmt = pix_fmt
+        # audio stream index in input -> (output stream, re-encoder or None for copy)
+        self.audio: dict[int, tuple[av.stream.Stream, av.audio.resampler.AudioResampler | None]] = {}
+        supported = self.out.supported_codecs
+        for template in audio_templates:
+            if template.codec_context.name in supported:
+                self.audio[template.index] = (self.out.add_stream_from_template(template), None)
+            else:
+                stream = self.out.add_stream("aac", rate=template.codec_context.sample_rate or 48000)
+                resampler = av.audio.resampler.AudioResampler(
+                    format="fltp", layout=stream.codec_context.layout, rate=stream.codec_context.sample_rate
+                )
+                self.audio[template.index] = (stream, resampler)
+
+    def write_frame(self, rgb: np.ndarray, pts: int | None) -> None:
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        if self.pix_fmt != "rgb24":
+            frame = frame.reformat(format=self.pix_fmt)
+        frame.pts = pts
+        frame.time_base = self.time_base
+        for packet in self.video.encode(frame):
+            self.out.mux(packet)
+
+    def write_audio(self, packet: av.Packet) -> None:
+        entry = self.audio.get(packet.stream.index)
+        if entry is None or packet.dts is None:
+            return  # a flush packet of the demuxer, or a stream we do not carry
+        stream, resampler = entry
+        if resampler is None:
+            packet.stream = stream
+            self.out.mux(packet)
+            return
+        for decoded in packet.decode():
+            for resampled in resampler.resample(decoded):
+                resampled.pts = None
+                for out_packet in stream.encode(resampled):
+                    self.out.mux(out_packet)
+
+    def close(self) -> None:
+        for packet in self.video.encode(None):
+            self.out.mux(packet)
+        for stream, resampler in self.audio.values():
+            if resampler is not None:
+                for packet in stream.encode(None):
+                    self.out.mux(packet)
+        self.out.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.out.close()
+
+
+@dataclass(frozen=True)
+class TransformResult:
+    info: VideoInfo  # of the input
+    frames: int  # frames decoded and written
+
+
+def transform_video(
+    source: Source,
+    destination: str | os.PathLike[str],
+    processor: FrameProcessor,
+    *,
+    encoder: EncoderOptions | None = None,
+    on_frame: Callable[[int, VideoInfo], None] | None = None,
+    keep_audio: bool = True,
+) -> TransformResult:
+    """Decode ``source``, pass each frame through ``processor``, encode to ``destination``.
+
+    ``processor`` may hold frames back (the engine holds m) but must return exactly one
+    output per input, in order; output frame i gets input frame i's timestamp.
+    ``on_frame(frames_written, info)`` is called after each written frame (progress).
+    """
+    encoder = encoder or EncoderOptions()
+    name = _name(source)
+    with _open_input(source, name) as container, _atomic_output(destination) as tmp:
+        stream = _video_stream(container, name)
+        stream.thread_type = "AUTO"
+        info = _info(container, stream, name)
+        audio_streams = list(container.streams.audio) if keep_audio else []
+        pending: deque[int | None] = deque()  # timestamps of frames inside the processor
+        out: _Encoder | None = None
+        early_audio: list[av.Packet] = []
+        decoded = written = 0
+
+        def write(frames: list[np.ndarray]) -> None:
+            nonlocal written
+            assert out is not None
+            for rgb in frames:
+                out.write_frame(rgb, pending.popleft())
+                written += 1
+                if on_frame is not None:
+                    on_frame(written, info)
+
+        try:
+            for packet in container.demux([stream, *audio_streams]):
+                if packet.stream.type == "audio":
+                    if out is not None:
+                        out.write_audio(packet)
+                    else:
+                        # The encoder needs the first decoded frame (its rotation); the
+                        # decoder lags a few packets behind the demuxer.
+                        early_audio.append(packet)
+                    continue
+                for frame in packet.decode():
+                    if out is None:
+                        info = _with_rotation(info, frame)
+                        out = _Encoder(
+                            tmp,
+                            width=frame.width,
+                            height=frame.height,
+                            fps=info.fps,
+                            time_base=info.time_base,
+                            rotation=info.rotation,
+                            options=encoder,
+                            audio_templates=audio_streams,
+                        )
+                        for early in early_audio:
+                            out.write_audio(early)
+                        early_audio.clear()
+                    decoded += 1
+                    pending.append(frame.pts)
+                    write(processor.push(_to_rgb(frame)))
+            _check_complete(info, decoded)
+            assert out is not None
+            write(processor.finish())
+            out.close()
+        except av.FFmpegError as exc:
+            if out is not None:
+                out.abort()
+            raise VideoError(f"{name}: corrupt video at frame {decoded} ({_reason(exc)})") from exc
+        except BaseException:
+            if out is not None:
+                out.abort()
+            raise
+        if written != decoded:
+            raise VideoError(f"{name}: processor returned {written} frames for {decoded} inputs")
+        return TransformResult(info=info, frames=written)
+
+
+def write_video(
+    destination: str | os.PathLike[str],
+    frames: Iterable[np.ndarray],
+    *,
+    fps: Fraction | int | float,
+    encoder: EncoderOptions | None = None,
+) -> int:
+    """Encode RGB uint8 frames at a constant rate (atomically); returns the frame count."""
+    encoder = encoder or EncoderOptions()
+    rate = Fraction(fps).limit_denominator(1001000)
+    time_base = 1 / rate
+    count = 0
+    with _atomic_output(destination) as tmp:
+        out: _Encoder | None = None
+        try:
+            for rgb in frames:
+                if out is None:
+                    out = _Encoder(
+                        tmp,
+                        width=rgb.shape[1],
+                        height=rgb.shape[0],
+                        fps=rate,
+                        time_base=time_base,
+                        rotation=0,
+                        options=encoder,
+                    )
+                out.write_frame(rgb, count)
+                count += 1
+            if out is None:
+                raise VideoError(f"{destination}: no frames to write")
+            out.close()
+        except BaseException:
+            if out is not None:
+                out.abort()
+            raise
+    return count

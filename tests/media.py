@@ -1,10 +1,7 @@
-"""Small real video files for tests, written with PyAV. Imports no torch (see below)."""
+"""Small real video files for tests, written with PyAV."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -39,10 +36,6 @@ def write_test_video(
     container_options: dict[str, str] | None = None,
 ) -> Path:
     """Encode a real video file; H.264 MP4 with an AAC track by default."""
-    if codec == "libx265" and "torch" in sys.modules:
-        # libx265 corrupts the heap (abort at close) in a process where torch has run
-        # (measured: 2 of 4 runs); encode HEVC fixtures in a clean interpreter.
-        return _write_in_subprocess(path, locals())
     out = av.open(str(path), "w", options=container_options or {})
     stream = out.add_stream(codec, rate=fps, options=options or {})
     stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -69,18 +62,4 @@ def write_test_video(
     for packet in stream.encode(None):
         out.mux(packet)
     out.close()
-    return path
-
-
-
-
-def _write_in_subprocess(path: Path, arguments: dict[str, object]) -> Path:
-    kwargs = {k: v for k, v in arguments.items() if k != "path"}
-    kwargs["fps"] = str(kwargs["fps"])
-    script = (
-        "import json, runpy, sys; from fractions import Fraction; "
-        "mod = runpy.run_path(sys.argv[1]); kw = json.loads(sys.argv[3]); kw['fps'] = Fraction(kw['fps']); "
-        "mod['write_test_video'](__import__('pathlib').Path(sys.argv[2]), **kw)"
-    )
-    subprocess.run([sys.executable, "-c", script, __file__, str(path), json.dumps(kwargs)], check=True)
     return path

@@ -14,7 +14,6 @@ import json
 import os
 import struct
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -98,19 +97,12 @@ def checkpoint_bytes(model: DeblurNet, *, provenance: dict[str, Any] | None = No
 
 def save_checkpoint(
     model: DeblurNet, path: str | os.PathLike[str], *, provenance: dict[str, Any] | None = None
-) -> Path:
-    """Write atomically: a crash never leaves a truncated checkpoint at ``path``."""
-    path = Path(path)
-    data = checkpoint_bytes(model, provenance=provenance)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+) -> str:
+    """Write to a local path or s3:// URI atomically: a crash never leaves a truncated checkpoint."""
+    from deblur import storage
+
+    storage.write_bytes(path, checkpoint_bytes(model, provenance=provenance))
+    return os.fspath(path)
 
 
 def _header_metadata(data: bytes, source: str) -> dict[str, str]:
@@ -179,13 +171,20 @@ def load_checkpoint(source: str | os.PathLike[str] | None = None) -> LoadedCheck
                 "(a .safetensors file written by deblur)"
             )
         source = bundled
+    from deblur import storage
+
     name = os.fspath(source)
-    path = Path(name)
-    if not path.exists():
-        raise CheckpointError(f"{name}: no such checkpoint file")
-    if path.is_dir():
-        raise CheckpointError(f"{name}: is a directory, expected a .safetensors checkpoint file")
-    return read_checkpoint_bytes(path.read_bytes(), source=name)
+    if not storage.is_s3(name):
+        path = Path(name)
+        if not path.exists():
+            raise CheckpointError(f"{name}: no such checkpoint file")
+        if path.is_dir():
+            raise CheckpointError(f"{name}: is a directory, expected a .safetensors checkpoint file")
+    try:
+        data = storage.read_bytes(name)
+    except storage.StorageError as exc:
+        raise CheckpointError(f"{name}: cannot read checkpoint ({exc})") from exc
+    return read_checkpoint_bytes(data, source=name)
 
 
 def load_model(source: str | os.PathLike[str] | None = None) -> DeblurNet:

@@ -78,6 +78,69 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_corpus(args: argparse.Namespace) -> int:
+    from deblur.config import parse_overrides
+    from deblur.corpus import CorpusConfig, generate_corpus
+
+    values = {"seconds": args.seconds, **parse_overrides(args.set)}
+    config = CorpusConfig.from_dict(values)
+    written = generate_corpus(
+        args.out,
+        videos=args.videos,
+        seed=args.seed,
+        config=config,
+        on_video=None if args.quiet else (lambda uri: print(uri, file=sys.stderr)),
+    )
+    print(f"{args.out}: {len(written)} synthetic {config.fps} fps videos", file=sys.stderr)
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    import json
+
+    from deblur.config import load_preset, parse_overrides
+    from deblur.data import DataConfig, synthesize_dataset
+
+    values = load_preset(args.preset) if args.preset else {}
+    config = DataConfig.from_dict({**values, **parse_overrides(args.set)})
+    run = synthesize_dataset(
+        args.input_prefix, args.output_prefix, config=config, workers=args.workers, cpus_per_task=args.cpus_per_task
+    )
+    for record in run.records:
+        if record["status"] != "ok":
+            print(f"{record['status']}: {record['error']}", file=sys.stderr)
+    print(
+        f"{run.manifest_uri}: {run.processed} video(s) processed this run, {len(run.records)} in total; "
+        f"{json.dumps(run.summary)}",
+        file=sys.stderr,
+    )
+    if run.usable == 0:
+        raise UsageError(f"{args.input_prefix}: no video could be used (see {run.manifest_uri})")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from deblur.config import parse_overrides
+    from deblur.train import load_train_config, run_training
+
+    config = load_train_config(args.preset, parse_overrides(args.set))
+    run = run_training(config, dataset=args.dataset, storage_path=args.storage, name=args.name, export_to=args.export)
+    shown = {k: v for k, v in run.metrics.items() if isinstance(v, int | float)}
+    print(f"run {run.name}: checkpoint {run.checkpoint}", file=sys.stderr)
+    print(f"model {run.model}; last metrics {shown}", file=sys.stderr)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from deblur.bench import run_data_benchmark
+
+    if args.what == "data":
+        run_data_benchmark(
+            videos=args.videos, seconds=args.seconds, width=args.width, height=args.height, cache=args.cache
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from deblur import __version__
     from deblur.model import VARIANTS
@@ -104,17 +167,55 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--variant", choices=sorted(VARIANTS), help="variant of the fresh model (strcnn_dtb)")
     info.add_argument("--m", type=int, help="m of the fresh model (1): 2m+1 input frames")
     info.set_defaults(func=_cmd_info)
+
+    corpus = sub.add_parser("corpus", help="write a synthetic 240 fps sharp video corpus (see deblur.corpus)")
+    corpus.add_argument("--out", required=True, help="output prefix: a directory or s3://bucket/prefix")
+    corpus.add_argument("--videos", type=int, default=8, help="number of videos (8)")
+    corpus.add_argument("--seconds", type=float, default=2.0, help="length of each video (2.0)")
+    corpus.add_argument("--seed", type=int, default=0, help="the corpus is a pure function of the seed (0)")
+    corpus.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a CorpusConfig setting")
+    corpus.add_argument("-q", "--quiet", action="store_true")
+    corpus.set_defaults(func=_cmd_corpus)
+
+    synth = sub.add_parser("synth", help="Eq. 1 blur synthesis with Ray Data: videos -> training shards")
+    synth.add_argument("input_prefix", help="high-speed videos: a directory or s3://bucket/prefix")
+    synth.add_argument("output_prefix", help="where shards, evaluation clips and the manifest go")
+    synth.add_argument("--preset", help="flat YAML file of data settings")
+    synth.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a data setting, e.g. scale=1")
+    synth.add_argument("--workers", type=int, help="videos processed at once (default: as many as fit)")
+    synth.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs reserved per video task (1)")
+    synth.set_defaults(func=_cmd_synth)
+
+    train = sub.add_parser("train", help="train with Ray Train (resumes a run of the same name)")
+    train.add_argument("dataset", help="output prefix of `deblur synth` (shards, eval clips, manifest)")
+    train.add_argument("--storage", required=True, help="where runs and checkpoints go: directory or s3://")
+    train.add_argument("--name", required=True, help="run name; the same name resumes from its latest checkpoint")
+    train.add_argument("--preset", default="cpu-small", help="paper, cpu-small, tiny, or a YAML file (cpu-small)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset setting")
+    train.add_argument("--export", help="also copy the final model.safetensors here")
+    train.set_defaults(func=_cmd_train)
+
+    bench = sub.add_parser("bench", help="measure and print speeds on this machine")
+    bench.add_argument("what", choices=["data"], help="data: decode vs Ray Data synthesis, 1 and 2 workers")
+    bench.add_argument("--videos", type=int, default=4)
+    bench.add_argument("--seconds", type=float, default=4.0)
+    bench.add_argument("--width", type=int, default=640)
+    bench.add_argument("--height", type=int, default=360)
+    bench.add_argument("--cache", help="directory to keep the generated corpus between runs")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from deblur.checkpoint import CheckpointError
+    from deblur.storage import StorageError
+    from deblur.train import TrainingError
     from deblur.video import VideoError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (UsageError, CheckpointError, VideoError, ValueError) as exc:
+    except (UsageError, CheckpointError, VideoError, StorageError, TrainingError, ValueError) as exc:
         print(f"deblur: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -144,9 +144,9 @@ def _info(container: av.container.InputContainer, stream: av.video.stream.VideoS
     )
 
 
-def probe_video(source: Source) -> VideoInfo:
-    """Read a video's header (and its first frame, for the rotation)."""
-    name = _name(source)
+def probe_video(source: Source, *, name: str | None = None) -> VideoInfo:
+    """Read a video's header (and its first frame, for the rotation). ``name`` is for messages."""
+    name = name or _name(source)
     with _open_input(source, name) as container:
         stream = _video_stream(container, name)
         info = _info(container, stream, name)
@@ -181,12 +181,18 @@ def _check_complete(info: VideoInfo, decoded: int) -> None:
         )
 
 
-def read_frames(source: Source) -> Iterator[np.ndarray]:
-    """Yield every frame as RGB uint8 (H, W, 3), streaming; errors name the file."""
-    name = _name(source)
+def read_frames(source: Source, *, name: str | None = None, threads: int | None = None) -> Iterator[np.ndarray]:
+    """Yield every frame as RGB uint8 (H, W, 3), streaming; errors name the file (or ``name``).
+
+    ``threads`` caps the decoder's threads (default: FFmpeg's choice), e.g. 1 inside a Ray task
+    that reserved one CPU, so parallel tasks do not oversubscribe the cores.
+    """
+    name = name or _name(source)
     with _open_input(source, name) as container:
         stream = _video_stream(container, name)
         stream.thread_type = "AUTO"
+        if threads is not None:
+            stream.codec_context.thread_count = threads
         info = _info(container, stream, name)
         decoded = 0
         try:

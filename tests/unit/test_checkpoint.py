@@ -28,7 +28,8 @@ def rewrite_metadata(path: Path, **changes: str) -> None:
 def test_round_trip_is_exact(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = DeblurNet(variant="strcnn", m=2, **TINY)
-    path = save_checkpoint(model, tmp_path / "ck.safetensors", provenance={"steps": 7, "data_seed": 3})
+    path = tmp_path / "ck.safetensors"
+    save_checkpoint(model, path, provenance={"steps": 7, "data_seed": 3})
     loaded = load_checkpoint(path)
     assert loaded.config == model.config
     assert loaded.provenance == {"steps": 7, "data_seed": 3}
@@ -38,13 +39,15 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
 
 
 def test_default_provenance_names_versions(tmp_path: Path) -> None:
-    path = save_checkpoint(DeblurNet(**TINY), tmp_path / "ck.safetensors")
+    path = tmp_path / "ck.safetensors"
+    save_checkpoint(DeblurNet(**TINY), path)
     provenance = load_checkpoint(path).provenance
     assert {"created", "deblur_version", "torch_version", "git_commit"} <= set(provenance)
 
 
 def test_config_that_does_not_match_the_weights(tmp_path: Path) -> None:
-    path = save_checkpoint(DeblurNet(variant="strcnn_dtb", **TINY), tmp_path / "ck.safetensors")
+    path = tmp_path / "ck.safetensors"
+    save_checkpoint(DeblurNet(variant="strcnn_dtb", **TINY), path)
     rewrite_metadata(path, config=json.dumps({"variant": "strcnn", **TINY, "m": 1, "residual": True}))
     with pytest.raises(CheckpointError, match=r"unexpected 3 tensor\(s\).*blending"):
         load_checkpoint(path)

@@ -1,0 +1,331 @@
+"""A synthetic high-speed (240 fps) video corpus, for the blur synthesis of paper Sec. 3.
+
+This is NOT real high-speed footage. No such footage can be downloaded where this project is
+built and tested, so this module renders stand-in videos that exercise the same pipeline:
+
+- **Scene**: a real photograph as the background (scikit-image's bundled sample photographs:
+  astronaut, chelsea, coffee, rocket, motorcycle, Hubble deep field), and 2-4 objects cut from
+  other photographs (colour photos and grey textures: brick, grass, gravel, coins, camera) with
+  soft-edged random shapes. Objects lie at fixed depths, so nearer ones occlude farther ones.
+- **Camera shake**: a smooth random trajectory of translation, in-plane rotation and zoom (a sum
+  of low-frequency sinusoids, 0.5-4 Hz, like hand tremor and drift). Its speed is scaled so that
+  no pixel of the frame moves more than ``max_camera_motion`` pixels between consecutive frames
+  (default 0.8 px: the paper captured its videos "to have small motions (ideally less than 1
+  pixel) among high-speed sharp frames").
+- **Object motion**: each object has its own translation and rotation trajectory, faster than the
+  camera (up to ``max_object_motion`` px/frame), so the blur of Eq. 1 varies across the frame and
+  differs between objects and background, as in dynamic scenes.
+- **Noise** (optional, ``noise_sigma`` in 8-bit levels): i.i.d. Gaussian sensor noise per frame.
+
+What it does not model: depth parallax inside the background, lighting changes, rolling shutter,
+defocus, motion of non-rigid objects, the compression artefacts of a real camera (frames are
+encoded at high quality, ``crf``). Every video is a pure function of (seed, index, config).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from functools import cache
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deblur import storage
+
+__all__ = ["BACKGROUNDS", "OBJECT_SOURCES", "CorpusConfig", "generate_corpus", "render_video"]
+
+# Explicit lists of the photographs used (files inside the scikit-image package, read locally).
+BACKGROUNDS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+)
+OBJECT_SOURCES = (
+    *BACKGROUNDS,
+    "motorcycle_right.png",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "coins.png",
+    "camera.png",
+)
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    width: int = 640
+    height: int = 360
+    fps: int = 240
+    seconds: float = 2.0
+    max_camera_motion: float = 0.8  # px/frame at the fastest-moving pixel (paper: ideally < 1 px)
+    max_object_motion: float = 1.5  # px/frame
+    min_objects: int = 2
+    max_objects: int = 4
+    noise_sigma: float = 0.0  # Gaussian noise, 8-bit levels; 0 = none
+    crf: int = 12  # H.264 quality of the stored sharp video (lower = closer to lossless)
+    preset: str = "veryfast"
+
+    def __post_init__(self) -> None:
+        if self.width < 16 or self.height < 16 or self.width % 2 or self.height % 2:
+            raise ValueError(f"frame size must be even and at least 16x16, got {self.width}x{self.height}")
+        if self.fps < 1 or self.seconds <= 0:
+            raise ValueError(f"need fps >= 1 and seconds > 0, got {self.fps}, {self.seconds}")
+        if not 0 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
+        if self.max_camera_motion < 0 or self.max_object_motion < 0 or self.noise_sigma < 0:
+            raise ValueError("motions and noise_sigma must be non-negative")
+
+    @property
+    def frames(self) -> int:
+        return max(1, round(self.fps * self.seconds))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CorpusConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown corpus setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+@cache
+def _photo(name: str) -> torch.Tensor:
+    """A bundled photograph as a float (3, H, W) tensor in [0, 1]; grey images become RGB."""
+    from importlib import resources
+
+    import skimage.io
+
+    image = skimage.io.imread(str(resources.files("skimage") / "data" / name))
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1).float() / 255.0
+
+
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    # Antialiased when shrinking, bicubic when enlarging (the small photos must cover the frame).
+    out = F.interpolate(image[None], size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return out[0].clamp_(0.0, 1.0)
+
+
+def _smooth_path(rng: np.random.Generator, t: np.ndarray, *, components: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """A random smooth signal and its derivative (per second): a sum of low-frequency sinusoids."""
+    freqs = rng.uniform(0.5, 4.0, components)  # Hz: drift and hand tremor
+    phases = rng.uniform(0, 2 * np.pi, components)
+    amps = rng.uniform(0.2, 1.0, components) / freqs  # slower components wander farther
+    angle = 2 * np.pi * freqs[:, None] * t[None] + phases[:, None]
+    value = (amps[:, None] * np.sin(angle)).sum(0)
+    speed = (amps[:, None] * 2 * np.pi * freqs[:, None] * np.cos(angle)).sum(0)
+    return value - value[0], speed
+
+
+@dataclass(frozen=True)
+class _Motion:
+    """Per-frame pose: translation (px), rotation (rad), log-zoom; arrays of length ``frames``."""
+
+    tx: np.ndarray
+    ty: np.ndarray
+    angle: np.ndarray
+    log_zoom: np.ndarray
+
+
+def _random_motion(rng: np.random.Generator, frames: int, fps: int, *, max_speed: float, radius: float) -> _Motion:
+    """A trajectory whose fastest point within ``radius`` of the centre moves ``max_speed`` px/frame.
+
+    A point at distance r moves by at most |dt| + r (|d angle| + |d log_zoom|) between frames; the
+    whole path is scaled so that the largest such step equals ``max_speed``.
+    """
+    t = np.arange(frames) / fps
+    share = rng.dirichlet([2.0, 1.0, 0.5])  # translation, rotation, zoom (zoom the smallest)
+    tx, vx = _smooth_path(rng, t)
+    ty, vy = _smooth_path(rng, t)
+    angle, va = _smooth_path(rng, t)
+    zoom, vz = _smooth_path(rng, t)
+    # Normalise each to a unit peak speed, then weight by its share of the motion budget.
+    norm = lambda v: max(float(np.abs(v).max()), 1e-12)  # noqa: E731
+    vt = np.hypot(vx, vy)
+    tx, ty = tx * share[0] / norm(vt), ty * share[0] / norm(vt)
+    angle = angle * share[1] / (norm(va) * max(radius, 1.0))
+    zoom = zoom * share[2] / (norm(vz) * max(radius, 1.0))
+    steps = (
+        np.hypot(np.diff(tx), np.diff(ty)) + radius * (np.abs(np.diff(angle)) + np.abs(np.diff(zoom)))
+        if frames > 1
+        else np.zeros(1)
+    )
+    scale = max_speed / max(float(steps.max()), 1e-12) if max_speed > 0 else 0.0
+    return _Motion(tx=tx * scale, ty=ty * scale, angle=angle * scale, log_zoom=zoom * scale)
+
+
+def _pixel_grid(height: int, width: int) -> torch.Tensor:
+    """Pixel centres relative to the frame centre, (H, W, 2) as (x, y)."""
+    ys = torch.arange(height, dtype=torch.float32) - (height - 1) / 2
+    xs = torch.arange(width, dtype=torch.float32) - (width - 1) / 2
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx, yy], dim=-1)
+
+
+def _camera_to_world(points: torch.Tensor, motion: _Motion, n: int) -> torch.Tensor:
+    """World position (px, relative to the scene centre) of each frame point at frame n."""
+    c, s = math.cos(motion.angle[n]), math.sin(motion.angle[n])
+    zoom = math.exp(motion.log_zoom[n])
+    x, y = points[..., 0] / zoom, points[..., 1] / zoom
+    return torch.stack([c * x - s * y + motion.tx[n], s * x + c * y + motion.ty[n]], dim=-1)
+
+
+def _sample(texture: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of (C, h, w) ``texture`` at pixel ``coords`` (H, W, 2) relative to its centre."""
+    _, h, w = texture.shape
+    grid = torch.stack([coords[..., 0] / (w / 2), coords[..., 1] / (h / 2)], dim=-1)
+    return F.grid_sample(texture[None], grid[None], mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+
+
+def _object_mask(rng: np.random.Generator, size: int) -> torch.Tensor:
+    """A soft-edged random blob (a star-convex shape with a smooth outline), (1, size, size)."""
+    r = _pixel_grid(size, size)
+    radius = torch.hypot(r[..., 0], r[..., 1])
+    theta = torch.atan2(r[..., 1], r[..., 0])
+    outline = torch.full_like(theta, 0.36 * size)
+    for k in range(2, 6):  # a few low harmonics keep the outline smooth
+        outline += float(rng.uniform(0, 0.05) * size) * torch.cos(k * theta + float(rng.uniform(0, 2 * np.pi)))
+    # About one pixel of antialiased edge.
+    return (outline - radius + 0.5).clamp(0.0, 1.0)[None]
+
+
+@dataclass(frozen=True)
+class _SceneObject:
+    texture: torch.Tensor  # (4, s, s): RGB and alpha
+    motion: _Motion  # world pose of its centre
+    centre: tuple[float, float]  # world position at frame 0
+    source: str
+
+
+def _plan_scene(
+    rng: np.random.Generator, config: CorpusConfig
+) -> tuple[torch.Tensor, _Motion, list[_SceneObject], dict[str, Any]]:
+    frames, h, w = config.frames, config.height, config.width
+    half_diag = math.hypot(w, h) / 2
+    camera = _random_motion(rng, frames, config.fps, max_speed=config.max_camera_motion, radius=half_diag)
+
+    # The background must cover every frame's footprint in the world: size the photo to the
+    # largest extent any frame corner reaches, plus a margin for bilinear lookups.
+    corners = torch.tensor([[-(w / 2), -(h / 2)], [w / 2, -(h / 2)], [-(w / 2), h / 2], [w / 2, h / 2]])
+    extent = torch.stack([_camera_to_world(corners, camera, n).abs() for n in range(frames)]).amax(dim=(0, 1))
+    background_name = str(rng.choice(BACKGROUNDS))
+    photo = _photo(background_name)
+    scale = max((2 * float(extent[0]) + 4) / photo.shape[2], (2 * float(extent[1]) + 4) / photo.shape[1])
+    background = _resize(photo, math.ceil(photo.shape[1] * scale), math.ceil(photo.shape[2] * scale))
+
+    objects = []
+    for _ in range(int(rng.integers(config.min_objects, config.max_objects + 1))):
+        name = str(rng.choice([n for n in OBJECT_SOURCES if n != background_name]))
+        source = _photo(name)
+        size = max(8, int(rng.uniform(0.2, 0.45) * min(h, w)))
+        # A random square patch of the source photo, resized to the object's size.
+        side = int(min(source.shape[1:]) * rng.uniform(0.35, 0.8))
+        y0 = int(rng.integers(0, source.shape[1] - side + 1))
+        x0 = int(rng.integers(0, source.shape[2] - side + 1))
+        rgb = _resize(source[:, y0 : y0 + side, x0 : x0 + side], size, size)
+        texture = torch.cat([rgb, _object_mask(rng, size)], dim=0)
+        motion = _random_motion(rng, frames, config.fps, max_speed=config.max_object_motion, radius=size / 2)
+        # A drift across the frame on top of the wobble makes object motion dominate the
+        # camera's, as a car or a person crossing the scene would.
+        drift = rng.normal(size=2)
+        drift *= rng.uniform(0.2, 0.5) * config.max_object_motion / max(float(np.hypot(*drift)), 1e-9)
+        n = np.arange(frames)
+        motion = _Motion(
+            tx=motion.tx * 0.5 + drift[0] * n,
+            ty=motion.ty * 0.5 + drift[1] * n,
+            angle=motion.angle * 0.5,
+            log_zoom=np.zeros(frames),
+        )
+        # Wobble and drift each take at most half the speed budget; the object crosses its
+        # random spot in the view half-way through the video.
+        mid = frames // 2
+        centre = (
+            float(rng.uniform(-0.35, 0.35) * w - drift[0] * mid),
+            float(rng.uniform(-0.35, 0.35) * h - drift[1] * mid),
+        )
+        objects.append(_SceneObject(texture=texture, motion=motion, centre=centre, source=name))
+    description = {
+        "background": background_name,
+        "objects": [o.source for o in objects],
+        "camera_max_px_per_frame": config.max_camera_motion,
+    }
+    return background, camera, objects, description
+
+
+def render_video(config: CorpusConfig, *, seed: int, index: int = 0) -> tuple[Iterator[np.ndarray], dict[str, Any]]:
+    """``(frames, description)``: the sharp high-speed frames of video ``index``, RGB uint8 (H, W, 3)."""
+    rng = np.random.default_rng([seed, index])
+    background, camera, objects, description = _plan_scene(rng, config)
+    noise_rng = np.random.default_rng([seed, index, 1])
+    grid = _pixel_grid(config.height, config.width)
+
+    def frames() -> Iterator[np.ndarray]:
+        for n in range(config.frames):
+            world = _camera_to_world(grid, camera, n)
+            image = _sample(background, world)
+            for obj in objects:  # fixed depth order: later objects occlude earlier ones
+                m = obj.motion
+                c, s = math.cos(m.angle[n]), math.sin(m.angle[n])
+                dx = world[..., 0] - (obj.centre[0] + m.tx[n])
+                dy = world[..., 1] - (obj.centre[1] + m.ty[n])
+                local = torch.stack([c * dx + s * dy, -s * dx + c * dy], dim=-1)
+                layer = _sample(obj.texture, local)
+                alpha = layer[3:4]
+                image = image * (1 - alpha) + layer[:3] * alpha
+            out = image.permute(1, 2, 0).numpy() * 255.0
+            if config.noise_sigma > 0:
+                out = out + noise_rng.normal(0.0, config.noise_sigma, out.shape)
+            yield np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    return frames(), description
+
+
+def generate_corpus(
+    out: str,
+    *,
+    videos: int,
+    seed: int = 0,
+    config: CorpusConfig | None = None,
+    on_video: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Write ``videos`` sharp 240 fps videos as ``OUT/video_NNNN.mp4`` plus ``OUT/corpus.json``.
+
+    Video i depends only on (seed, i, config), so a larger corpus extends a smaller one. Each
+    video is staged locally and appears under ``out`` only when complete.
+    """
+    from deblur.video import EncoderOptions, write_video
+
+    if videos < 1:
+        raise ValueError(f"videos must be at least 1, got {videos}")
+    config = config or CorpusConfig()
+    encoder = EncoderOptions(crf=config.crf, preset=config.preset)
+    written, described = [], []
+    for index in range(videos):
+        uri = storage.join_uri(out, f"video_{index:04d}.mp4")
+        frames, description = render_video(config, seed=seed, index=index)
+        with storage.staged_output(uri, suffix=".mp4") as staged:
+            write_video(staged, frames, fps=config.fps, encoder=encoder)
+        written.append(uri)
+        described.append({"video": uri, **description})
+        if on_video is not None:
+            on_video(uri)
+    manifest = {
+        "synthetic": True,
+        "generator": "deblur.corpus (rendered from photographs; not real high-speed footage)",
+        "seed": seed,
+        "config": asdict(config),
+        "videos": described,
+    }
+    storage.write_bytes(
+        storage.join_uri(out, "corpus.json"), json.dumps(manifest, indent=1).encode(), content_type="application/json"
+    )
+    return written

@@ -1,0 +1,548 @@
+"""Training data with Ray Data: high-speed videos in object storage -> Eq. 1 pairs -> shards.
+
+``synthesize_dataset(IN_PREFIX, OUT_PREFIX)`` lists the videos under IN_PREFIX and runs one Ray
+Data task per video. A task decodes its video as a stream, cuts it into clips (each with its own
+tau and T, see ``synthesis.py``), and writes, under OUT_PREFIX:
+
+    train/<video_id>/shard-00000.parquet   training windows (train videos)
+    eval/<video_id>/clip-000/{blurry,sharp}.mp4   whole clips, full size, lossless (eval videos)
+    records/<video_id>.json                 the video's manifest entry, written last
+    manifest.json                           every record plus the run's settings (driver, at the end)
+
+Train and evaluation sets are split by source video (a stable hash of its key), never by frame.
+A record is written only after all of the video's outputs are complete, and every output object is
+written whole (staged locally, then uploaded or renamed), so an interrupted run leaves no shard that
+looks finished: readers use only shards named by ``status == "ok"`` records. A rerun skips videos
+whose record matches the object's current size and ETag.
+
+Why Parquet for training shards: one row is one window of consecutive frames (raw uint8 bytes
+plus shape columns, readable by any Parquet reader without Ray's tensor extension), rows are read
+lazily row-group by row-group, Ray Data reads and shards Parquet across Train workers natively,
+and a few large objects suit S3 far better than millions of PNGs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from deblur import storage
+from deblur.synthesis import ClipParams, SynthesisConfig, draw_clip_params, synthesize_clip
+
+__all__ = [
+    "DataConfig",
+    "load_manifest",
+    "process_video",
+    "read_training_dataset",
+    "sample_training_crop",
+    "split_for",
+    "synthesize_dataset",
+]
+
+VIDEO_PATTERNS = ("*.mp4", "*.mov", "*.mkv", "*.avi", "*.webm", "*.m4v", "*.nut")
+MANIFEST_FORMAT = "deblur-synth-manifest/1"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Settings of one synthesis run (recorded in the manifest)."""
+
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    seed: int = 0
+    eval_fraction: float = 0.2  # of source videos; at least one when there are two or more
+    window_frames: int = 16  # pairs per training row: room for 13-frame windows at random offsets
+    min_window_frames: int = 13  # a clip's tail shorter than this is not kept for training
+    shard_target_bytes: int = 64 << 20
+    patterns: tuple[str, ...] = VIDEO_PATTERNS
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if not 1 <= self.min_window_frames <= self.window_frames:
+            raise ValueError("need 1 <= min_window_frames <= window_frames")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataConfig:
+        """Flat keys; synthesis settings (taus, scale, linear_light, ...) sit beside the others."""
+        synthesis_keys = {f.name for f in fields(SynthesisConfig)}
+        own_keys = {f.name for f in fields(cls)} - {"synthesis"}
+        unknown = sorted(set(values) - synthesis_keys - own_keys)
+        if unknown:
+            raise ValueError(f"unknown data setting(s) {unknown}; known: {sorted(synthesis_keys | own_keys)}")
+        synthesis = SynthesisConfig.from_dict({k: v for k, v in values.items() if k in synthesis_keys})
+        own = {k: v for k, v in values.items() if k in own_keys}
+        if "patterns" in own:
+            own["patterns"] = tuple(own["patterns"])
+        return cls(synthesis=synthesis, **own)
+
+    def to_dict(self) -> dict[str, Any]:
+        flat = {k: v for k, v in asdict(self).items() if k != "synthesis"}
+        return {**asdict(self.synthesis), **flat}
+
+
+def _unit_hash(*parts: object) -> float:
+    digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_for(video_ids: list[str], *, eval_fraction: float, seed: int) -> dict[str, str]:
+    """``{video_id: "train" | "eval"}``: a stable per-video hash, so adding videos never moves others."""
+    scores = {v: _unit_hash("split", seed, v) for v in video_ids}
+    split = {v: "eval" if s < eval_fraction else "train" for v, s in scores.items()}
+    if eval_fraction > 0 and len(video_ids) >= 2 and "eval" not in split.values():
+        split[min(scores, key=scores.__getitem__)] = "eval"
+    if len(video_ids) >= 2 and "train" not in split.values():
+        split[max(scores, key=scores.__getitem__)] = "train"
+    return split
+
+
+def video_id_for(relative_key: str) -> str:
+    return relative_key.replace("/", "--")
+
+
+def _object_version(uri: str) -> str:
+    """Size and ETag (S3) or size and mtime (local): a rerun redoes a video only when this changes."""
+    if storage.is_s3(uri):
+        bucket, key = storage.split_s3_uri(uri)
+        head = storage.s3_client().head_object(Bucket=bucket, Key=key)
+        return f"{head['ContentLength']}:{head['ETag'].strip(chr(34))}"
+    from pathlib import Path
+
+    stat = Path(uri).stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+# ---------------------------------------------------------------------------------------------
+# One video (runs inside a Ray Data task; plain Python, testable without Ray)
+# ---------------------------------------------------------------------------------------------
+
+
+def _shard_table(rows: list[dict[str, Any]]) -> Any:
+    import pyarrow as pa
+
+    columns = {key: [row[key] for row in rows] for key in rows[0]}
+    schema = pa.schema(
+        [
+            ("video_id", pa.string()),
+            ("clip", pa.int32()),
+            ("start", pa.int32()),
+            ("tau", pa.int32()),
+            ("stride", pa.int32()),
+            ("frames", pa.int32()),
+            ("height", pa.int32()),
+            ("width", pa.int32()),
+            ("blurry", pa.large_binary()),
+            ("sharp", pa.large_binary()),
+        ]
+    )
+    return pa.table(columns, schema=schema)
+
+
+class _ShardWriter:
+    """Collects training windows and writes them as Parquet shards of about ``target_bytes``."""
+
+    def __init__(self, prefix: str, target_bytes: int) -> None:
+        self.prefix, self.target_bytes = prefix, target_bytes
+        self.rows: list[dict[str, Any]] = []
+        self.pending_bytes = 0
+        self.written: list[str] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.pending_bytes += len(row["blurry"]) + len(row["sharp"])
+        if self.pending_bytes >= self.target_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        import pyarrow.parquet as pq
+
+        uri = storage.join_uri(self.prefix, f"shard-{len(self.written):05d}.parquet")
+        with storage.staged_output(uri, suffix=".parquet") as staged:
+            # One row per row group: a reader can fetch one window without the rest of the shard.
+            # No compression: camera frames barely compress losslessly and zstd would cost CPU
+            # in every training epoch.
+            pq.write_table(_shard_table(self.rows), staged, row_group_size=1, compression="none")
+        self.written.append(uri)
+        self.rows, self.pending_bytes = [], 0
+
+
+def _window_row(
+    video_id: str, clip: int, start: int, params: ClipParams, blurry: list[np.ndarray], sharp: list[np.ndarray]
+) -> dict[str, Any]:
+    h, w = blurry[0].shape[:2]
+    return {
+        "video_id": video_id,
+        "clip": clip,
+        "start": start,
+        "tau": params.tau,
+        "stride": params.stride,
+        "frames": len(blurry),
+        "height": h,
+        "width": w,
+        "blurry": np.stack(blurry).tobytes(),
+        "sharp": np.stack(sharp).tobytes(),
+    }
+
+
+def _write_eval_clip(prefix: str, fps: Fraction, blurry: list[np.ndarray], sharp: list[np.ndarray]) -> None:
+    from deblur.video import EncoderOptions, write_video
+
+    lossless = EncoderOptions(lossless=True, preset="ultrafast")
+    for name, frames in (("blurry", blurry), ("sharp", sharp)):
+        uri = storage.join_uri(prefix, f"{name}.mp4")
+        with storage.staged_output(uri, suffix=".mp4") as staged:
+            write_video(staged, frames, fps=fps, encoder=lossless)
+
+
+def process_video(task: dict[str, Any]) -> dict[str, Any]:
+    """Synthesize one video (a row of the job's task list) and return its manifest record.
+
+    Bad input (not a video, corrupt, truncated, too short) gives ``status="skipped"`` with the
+    reason; an unexpected error gives ``status="failed"`` (retried by the next run).
+    """
+    from deblur.video import VideoError, probe_video, read_frames
+
+    config = DataConfig.from_dict(task["config"])
+    uri, video_id, split, out = task["uri"], task["video_id"], task["split"], task["out"]
+    record: dict[str, Any] = {
+        "video": uri,
+        "video_id": video_id,
+        "version": task["version"],
+        "split": split,
+        "status": "ok",
+        "error": None,
+        "clips": [],
+        "pairs": 0,
+        "outputs": [],
+    }
+    started = time.perf_counter()
+    rng = np.random.default_rng([config.seed, int(_unit_hash("clips", video_id) * 2**32)])
+    try:
+        with storage.open_input(uri) as handle:
+            info = probe_video(handle, name=uri)
+            handle.seek(0)
+            record.update(source_fps=str(info.fps), width=info.width, height=info.height)
+            frames = read_frames(handle, name=uri, threads=task.get("decode_threads"))
+            writer = _ShardWriter(storage.join_uri(out, "train", video_id), config.shard_target_bytes)
+            source_start = 0
+            for clip_index in range(1_000_000):
+                params = draw_clip_params(rng, config.synthesis)
+                blurry: list[np.ndarray] = []
+                sharp: list[np.ndarray] = []
+                window_start = 0
+                for b, s in synthesize_clip(
+                    frames,
+                    params,
+                    outputs=config.synthesis.clip_frames,
+                    linear_light=config.synthesis.linear_light,
+                    gamma=config.synthesis.gamma,
+                    scale=config.synthesis.scale,
+                ):
+                    blurry.append(b)
+                    sharp.append(s)
+                    if split == "train" and len(blurry) - window_start == config.window_frames:
+                        window = slice(window_start, len(blurry))
+                        row = _window_row(video_id, clip_index, window_start, params, blurry[window], sharp[window])
+                        writer.add(row)
+                        window_start = len(blurry)
+                        # Written windows are not needed again: keep memory to one window.
+                        blurry[:window_start] = [blurry[0]] * window_start
+                        sharp[:window_start] = [sharp[0]] * window_start
+                outputs = len(blurry)
+                if outputs == 0:
+                    break
+                if split == "train" and outputs - window_start >= config.min_window_frames:
+                    window = slice(window_start, outputs)
+                    writer.add(_window_row(video_id, clip_index, window_start, params, blurry[window], sharp[window]))
+                    window_start = outputs
+                kept = outputs if split == "eval" else window_start
+                if kept:
+                    clip_prefix = storage.join_uri(out, "eval", video_id, f"clip-{clip_index:03d}")
+                    if split == "eval":
+                        _write_eval_clip(clip_prefix, params.output_fps(info.fps), blurry, sharp)
+                        record["outputs"].append(clip_prefix)
+                    record["clips"].append(
+                        {
+                            "clip": clip_index,
+                            "tau": params.tau,
+                            "stride": params.stride,
+                            "source_start": source_start,
+                            "source_end": source_start + params.source_frames(outputs),
+                            "pairs": kept,
+                            "output_fps": str(params.output_fps(info.fps)),
+                        }
+                    )
+                    record["pairs"] += kept
+                    record["out_height"], record["out_width"] = blurry[-1].shape[:2]
+                source_start += params.source_frames(outputs)
+                if outputs < config.synthesis.clip_frames:
+                    break  # the video ended inside this clip
+            writer.flush()
+            if split == "train":
+                record["outputs"] = writer.written
+            record["source_frames"] = source_start
+        if record["pairs"] == 0:
+            needed = max(config.synthesis.taus) if split == "eval" else config.min_window_frames
+            raise VideoError(
+                f"{uri}: too short for one {'clip' if split == 'eval' else 'training window'} "
+                f"(needs about {needed} {'frames' if split == 'eval' else 'output pairs'})"
+            )
+    except (VideoError, storage.StorageError) as error:
+        record.update(status="skipped", error=str(error), clips=[], pairs=0, outputs=[])
+    except Exception as error:  # recorded, and retried on the next run
+        record.update(status="failed", error=f"{type(error).__name__}: {error}", clips=[], pairs=0, outputs=[])
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    if record["status"] != "failed":
+        storage.write_bytes(
+            storage.join_uri(out, "records", f"{video_id}.json"),
+            json.dumps(record, indent=1).encode(),
+            content_type="application/json",
+        )
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SynthesisRun:
+    manifest_uri: str
+    records: list[dict[str, Any]]
+    summary: dict[str, int]
+    processed: int  # videos worked on in this run (the rest were already done)
+
+    @property
+    def usable(self) -> int:
+        return sum(r["status"] == "ok" for r in self.records)
+
+
+def _existing_records(out: str) -> dict[str, dict[str, Any]]:
+    prefix = storage.join_uri(out, "records")
+    try:
+        uris = storage.list_files(prefix, patterns=("*.json",))
+    except storage.StorageError:
+        return {}
+    records = {}
+    for uri in uris:
+        try:
+            record = json.loads(storage.read_bytes(uri))
+            records[record["video_id"]] = record
+        except (ValueError, KeyError):
+            continue  # an unreadable record means "not done"
+    return records
+
+
+def plan_tasks(input_prefix: str, output_prefix: str, config: DataConfig) -> tuple[list[dict[str, Any]], list[dict]]:
+    """``(tasks to run, records already done)`` for a run."""
+    uris = storage.list_files(input_prefix, patterns=config.patterns)
+    if not uris:
+        raise ValueError(f"{input_prefix}: no videos found (looked for {', '.join(config.patterns)})")
+    ids = {uri: video_id_for(storage.relative_key(uri, input_prefix)) for uri in uris}
+    done = _existing_records(output_prefix)
+    split = split_for(list(ids.values()), eval_fraction=config.eval_fraction, seed=config.seed)
+    tasks, finished = [], []
+    for uri, video_id in ids.items():
+        version = _object_version(uri)
+        previous = done.get(video_id)
+        if previous and previous.get("version") == version and previous.get("status") in ("ok", "skipped"):
+            finished.append(previous)
+            continue
+        tasks.append(
+            {
+                "uri": uri,
+                "video_id": video_id,
+                "version": version,
+                # A video keeps the split it was first given, even if the set of videos changed.
+                "split": previous["split"] if previous else split[video_id],
+                "out": output_prefix,
+                "config": config.to_dict(),
+                "decode_threads": None,
+            }
+        )
+    return tasks, finished
+
+
+def synthesize_dataset(
+    input_prefix: str,
+    output_prefix: str,
+    *,
+    config: DataConfig | None = None,
+    workers: int | None = None,
+    cpus_per_task: float = 1.0,
+) -> SynthesisRun:
+    """Run the Ray Data job (on the current Ray instance, starting a local one if needed)."""
+    import ray
+
+    config = config or DataConfig()
+    tasks, finished = plan_tasks(input_prefix, output_prefix, config)
+    for task in tasks:
+        # One decoder thread per reserved core: videos, not threads, are the unit of parallelism.
+        task["decode_threads"] = max(1, round(cpus_per_task))
+    records = list(finished)
+    if tasks:
+        from deblur.cluster import connect_ray
+
+        connect_ray()
+        dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks))
+        # One row per block and a plain function: each video is one Ray task that decodes it as
+        # a stream; only the small record travels back through the object store.
+        results = dataset.map(
+            process_video,
+            compute=ray.data.TaskPoolStrategy(size=workers),
+            num_cpus=cpus_per_task,
+            max_retries=2,
+        ).take_all()
+        records.extend(results)
+    records.sort(key=lambda r: r["video_id"])
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "input": input_prefix,
+        "output": output_prefix,
+        "config": config.to_dict(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "summary": {status: sum(r["status"] == status for r in records) for status in ("ok", "skipped", "failed")}
+        | {"pairs_train": sum(r["pairs"] for r in records if r["split"] == "train" and r["status"] == "ok")}
+        | {"pairs_eval": sum(r["pairs"] for r in records if r["split"] == "eval" and r["status"] == "ok")},
+        "videos": records,
+    }
+    manifest_uri = storage.join_uri(output_prefix, "manifest.json")
+    storage.write_bytes(manifest_uri, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    return SynthesisRun(manifest_uri=manifest_uri, records=records, summary=manifest["summary"], processed=len(tasks))
+
+
+def load_manifest(prefix: str) -> dict[str, Any]:
+    uri = storage.join_uri(prefix, "manifest.json")
+    try:
+        manifest = json.loads(storage.read_bytes(uri))
+    except storage.StorageError as error:
+        raise ValueError(f"{prefix}: no dataset here ({error}); run `deblur synth` first") from error
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{uri}: not a synthesis manifest (format {manifest.get('format')!r})")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Training reader
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_training_crop(
+    blurry: np.ndarray,
+    sharp: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    frames: int = 13,
+    crop: int = 128,
+    flips: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A random run of ``frames`` consecutive pairs, cropped at one location in every frame.
+
+    Paper Sec. 5.3: 13-frame sequences, 128x128 crops. Horizontal and vertical flips are drawn once
+    per sample, so the motion stays consistent through the sequence. Arrays are (F, H, W, 3) uint8.
+    """
+    count, height, width = blurry.shape[:3]
+    if count < frames or height < crop or width < crop:
+        raise ValueError(f"window of {count} frames at {width}x{height} cannot give {frames} frames at {crop}x{crop}")
+    t = int(rng.integers(0, count - frames + 1))
+    y = int(rng.integers(0, height - crop + 1))
+    x = int(rng.integers(0, width - crop + 1))
+    index = (slice(t, t + frames), slice(y, y + crop), slice(x, x + crop))
+    b, s = blurry[index], sharp[index]
+    if flips and rng.random() < 0.5:
+        b, s = b[:, :, ::-1], s[:, :, ::-1]
+    if flips and rng.random() < 0.5:
+        b, s = b[:, ::-1], s[:, ::-1]
+    return np.ascontiguousarray(b), np.ascontiguousarray(s)
+
+
+def _decode_row(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    shape = (int(row["frames"]), int(row["height"]), int(row["width"]), 3)
+    return (
+        np.frombuffer(row["blurry"], np.uint8).reshape(shape),
+        np.frombuffer(row["sharp"], np.uint8).reshape(shape),
+    )
+
+
+class _CropSampler:
+    """Row -> one random training sample; the RNG is per worker process, seeded from ``seed``."""
+
+    def __init__(self, *, frames: int, crop: int, flips: bool, seed: int | None) -> None:
+        import os
+
+        self.frames, self.crop, self.flips = frames, crop, flips
+        self.rng = np.random.default_rng(None if seed is None else [seed, os.getpid()])
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        blurry, sharp = _decode_row(row)
+        b, s = sample_training_crop(blurry, sharp, rng=self.rng, frames=self.frames, crop=self.crop, flips=self.flips)
+        return {"blurry": b, "sharp": s}
+
+
+def training_shards(prefix: str) -> list[str]:
+    """Every finished training shard of a dataset, from its manifest (never from a listing)."""
+    manifest = load_manifest(prefix)
+    shards = [uri for r in manifest["videos"] if r["status"] == "ok" and r["split"] == "train" for uri in r["outputs"]]
+    if not shards:
+        raise ValueError(f"{prefix}: the dataset has no training shards (summary: {manifest['summary']})")
+    return shards
+
+
+def read_training_dataset(
+    prefix: str,
+    *,
+    frames: int = 13,
+    crop: int = 128,
+    flips: bool = True,
+    seed: int | None = None,
+    num_cpus: float = 0.25,
+) -> Any:
+    """A Ray Dataset of random training samples ``{"blurry", "sharp"}``: (frames, crop, crop, 3) uint8.
+
+    Each pass over it draws new windows, crops and flips. Hand it to a ``TorchTrainer`` as
+    ``datasets={"train": ...}``; each worker reads its shard with ``iter_torch_batches``.
+    """
+    import ray
+
+    shards = training_shards(prefix)
+    filesystem, _ = storage.filesystem_for(shards[0])
+    paths = [storage.filesystem_for(uri)[1] for uri in shards]
+    dataset = ray.data.read_parquet(paths, filesystem=filesystem)
+    # Rows are whole windows; shuffle their order, then crop: a cheap, decent shuffle.
+    return dataset.randomize_block_order().map(
+        _CropSampler,
+        fn_constructor_kwargs={"frames": frames, "crop": crop, "flips": flips, "seed": seed},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=num_cpus,
+    )
+
+
+def iterate_eval_clips(prefix: str) -> Iterator[dict[str, Any]]:
+    """The evaluation set: one dict per clip with tau, stride, fps and the two video URIs."""
+    manifest = load_manifest(prefix)
+    for record in manifest["videos"]:
+        if record["status"] != "ok" or record["split"] != "eval":
+            continue
+        for clip, clip_prefix in zip(record["clips"], record["outputs"], strict=True):
+            yield {
+                "video_id": record["video_id"],
+                **clip,
+                "blurry": storage.join_uri(clip_prefix, "blurry.mp4"),
+                "sharp": storage.join_uri(clip_prefix, "sharp.mp4"),
+            }
+
+
+def with_overrides(config: DataConfig, overrides: dict[str, Any]) -> DataConfig:
+    """``config`` with flat ``key=value`` overrides applied (unknown keys are an error)."""
+    merged = {**config.to_dict(), **overrides}
+    return DataConfig.from_dict(merged)

@@ -1,0 +1,116 @@
+"""A real S3-compatible server on 127.0.0.1 for tests and the local default (moto's standalone server).
+
+It speaks S3 over HTTP, so boto3 and pyarrow (which ignores in-process mocks) both reach it the
+way they reach AWS. It keeps objects in memory and does not check credentials: it is for local
+use only, never a place for data you want to keep.
+
+    python -m deblur.local_s3 --port 9000        # foreground; prints the environment to export
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from types import TracebackType
+
+from deblur.storage import ENDPOINT_ENV
+
+# moto accepts any key; these only have to be present so that botocore and pyarrow sign requests.
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "deblur-local", "AWS_SECRET_ACCESS_KEY": "deblur-local-secret"}
+
+
+def find_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalS3Server:
+    """Start ``moto.server`` in a subprocess; ``with LocalS3Server() as s3: s3.endpoint_url``."""
+
+    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port or find_free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        """The variables that point boto3, pyarrow (through deblur.storage) and Ray workers here."""
+        return {ENDPOINT_ENV: self.endpoint_url, "AWS_REGION": "us-east-1", **LOCAL_CREDENTIALS}
+
+    def start(self, *, timeout: float = 30.0) -> LocalS3Server:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"local S3 server exited with code {self._process.returncode} (port {self.port})")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/", timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"local S3 server did not answer on {self.endpoint_url} within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def reset(self) -> None:
+        """Drop every bucket and object."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def __enter__(self) -> LocalS3Server:
+        return self.start()
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deblur.local_s3", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("DEBLUR_LOCAL_S3_PORT", "9000")))
+    args = parser.parse_args(argv)
+    server = LocalS3Server(port=args.port).start()
+    for key, value in server.environment().items():
+        print(f"export {key}={value}", flush=True)
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stop and server._process is not None and server._process.poll() is None:
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""Blurry/sharp training pairs from high-speed video: the paper's Eq. 1 (Sec. 3).
+
+    B_n = 1/tau * sum_{j=0}^{tau-1} H_{nT + j}        S_n = H_{nT + (tau-1)/2}
+
+H is the high-speed (e.g. 240 fps) sequence, tau the number of frames averaged (an odd number
+from {7, 9, 11, 13, 15}) and T >= tau the step between consecutive outputs, so the synthesized
+video runs at f/T frames per second with an exposure of tau/T of each frame interval. Eq. 1 as
+printed takes S_n at offset ceil(tau/2), which for 0-based j is one frame past the middle of the
+exposure; we take the middle frame, offset (tau-1)/2, so that the sharp target is the instant the
+blur is centred on.
+
+Pure NumPy/torch on arrays, no Ray: ``data.py`` runs it over videos in object storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ClipParams", "SynthesisConfig", "blur_window", "draw_clip_params", "resize_frame", "synthesize_clip"]
+
+PAPER_TAUS = (7, 9, 11, 13, 15)
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """How pairs are made. Defaults follow the paper (plain averaging, 3/4 downsampling)."""
+
+    taus: tuple[int, ...] = PAPER_TAUS
+    # T is drawn uniformly from the integers in [stride_min * tau, stride_max * tau); the paper's
+    # tau <= T < 2 tau is (1.0, 2.0).
+    stride_min: float = 1.0
+    stride_max: float = 2.0
+    # Output size as a fraction of the source (paper: 1280x720 -> 960x540 = 0.75), antialiased.
+    scale: float = 0.75
+    # Average in linear light (decode gamma 2.2, average, re-encode), as the GoPro dataset's
+    # blur_gamma; the paper averages the stored (gamma-encoded) values directly.
+    linear_light: bool = False
+    gamma: float = 2.2
+    # Output frames per clip: each clip of a source video gets its own (tau, T).
+    clip_frames: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.taus or any(t < 1 or t % 2 == 0 for t in self.taus):
+            raise ValueError(f"taus must be odd positive integers, got {self.taus}")
+        if not 1.0 <= self.stride_min < self.stride_max:
+            raise ValueError(f"need 1 <= stride_min < stride_max, got {self.stride_min}, {self.stride_max}")
+        if not 0.0 < self.scale <= 1.0:
+            raise ValueError(f"scale must be in (0, 1], got {self.scale}")
+        if self.gamma <= 0:
+            raise ValueError(f"gamma must be positive, got {self.gamma}")
+        if self.clip_frames < 1:
+            raise ValueError(f"clip_frames must be at least 1, got {self.clip_frames}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SynthesisConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown synthesis setting(s) {unknown}; known: {sorted(known)}")
+        values = dict(values)
+        if "taus" in values:
+            values["taus"] = tuple(int(t) for t in values["taus"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ClipParams:
+    tau: int  # frames averaged per output
+    stride: int  # T: high-speed frames between consecutive outputs
+
+    @property
+    def sharp_offset(self) -> int:
+        return (self.tau - 1) // 2
+
+    def source_frames(self, outputs: int) -> int:
+        """High-speed frames a clip of ``outputs`` pairs spans (the last needs only tau)."""
+        return (outputs - 1) * self.stride + self.tau if outputs else 0
+
+    def output_fps(self, source_fps: Fraction) -> Fraction:
+        return Fraction(source_fps) / self.stride
+
+
+def draw_clip_params(rng: np.random.Generator, config: SynthesisConfig) -> ClipParams:
+    tau = int(rng.choice(config.taus))
+    low = int(np.ceil(config.stride_min * tau))
+    high = max(low + 1, int(np.ceil(config.stride_max * tau)))  # exclusive
+    return ClipParams(tau=tau, stride=int(rng.integers(low, high)))
+
+
+def _to_linear(gamma: float) -> np.ndarray:
+    return ((np.arange(256, dtype=np.float64) / 255.0) ** gamma).astype(np.float32)
+
+
+def blur_window(frames: np.ndarray, *, linear_light: bool = False, gamma: float = 2.2) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 1 for one output: ``frames`` (tau, H, W, 3) uint8 -> (blurry, sharp), each (H, W, 3) uint8."""
+    if frames.ndim != 4 or frames.shape[0] % 2 == 0:
+        raise ValueError(f"expected an odd number of frames (tau, H, W, C), got shape {frames.shape}")
+    if linear_light:
+        mean = _to_linear(gamma)[frames].mean(axis=0, dtype=np.float64)
+        blurry = np.clip(mean, 0.0, 1.0) ** (1.0 / gamma) * 255.0
+    else:
+        blurry = frames.mean(axis=0, dtype=np.float64)
+    return np.rint(blurry).astype(np.uint8), frames[(frames.shape[0] - 1) // 2].copy()
+
+
+def resize_frame(frame: np.ndarray, scale: float) -> np.ndarray:
+    """Antialiased downsampling of an (H, W, 3) uint8 frame; identity at scale 1."""
+    if scale == 1.0:
+        return frame
+    import torch
+    import torch.nn.functional as F
+
+    h, w = frame.shape[:2]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    tensor = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()
+    # Bilinear with antialias=True widens the filter to the scale factor (like PIL's resize),
+    # so high frequencies are removed instead of aliased.
+    out = F.interpolate(tensor, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+class _Accumulator:
+    """Running sum of the frames of one exposure, so a window never sits whole in memory."""
+
+    def __init__(self, linear_light: bool, gamma: float) -> None:
+        self.lut = _to_linear(gamma) if linear_light else None
+        self.gamma = gamma
+        self.total: np.ndarray | None = None
+        self.count = 0
+
+    def add(self, frame: np.ndarray) -> None:
+        values = self.lut[frame] if self.lut is not None else frame.astype(np.float32)
+        if self.total is None:
+            self.total = values.astype(np.float64)
+        else:
+            self.total += values
+        self.count += 1
+
+    def take(self) -> np.ndarray:
+        assert self.total is not None
+        mean = self.total / self.count
+        if self.lut is not None:
+            mean = np.clip(mean, 0.0, 1.0) ** (1.0 / self.gamma) * 255.0
+        self.total, self.count = None, 0
+        return np.rint(mean).astype(np.uint8)
+
+
+def synthesize_clip(
+    frames: Iterable[np.ndarray],
+    params: ClipParams,
+    *,
+    outputs: int | None = None,
+    linear_light: bool = False,
+    gamma: float = 2.2,
+    scale: float = 1.0,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stream Eq. 1 over high-speed frames: yields ``(B_n, S_n)`` for n = 0, 1, ...
+
+    Consumes exactly ``params.source_frames(outputs)`` frames when ``outputs`` is given (so the
+    caller can continue with the next clip from the same iterator), else runs to the end. A final
+    exposure with fewer than tau frames is dropped.
+    """
+    accumulator = _Accumulator(linear_light, gamma)
+    sharp: np.ndarray | None = None
+    made = 0
+    if outputs == 0:
+        return
+    for position, frame in enumerate(frames):
+        phase = position % params.stride
+        if phase < params.tau:
+            accumulator.add(frame)
+            if phase == params.sharp_offset:
+                sharp = frame
+            if phase == params.tau - 1:
+                assert sharp is not None
+                yield resize_frame(accumulator.take(), scale), resize_frame(sharp, scale)
+                made += 1
+                if outputs is not None and made >= outputs:
+                    return

@@ -1,0 +1,461 @@
+"""Training (paper Sec. 5.2, 5.3): the per-worker loop in plain PyTorch, run by Ray Train.
+
+Per step: a batch of 13-frame sequences (128x128 crops, state starting at zero for each sequence),
+the recurrent model unrolled over the whole sequence with gradients through every step, and the
+loss of Eq. 4,
+
+    L = 1/N sum_n ||L_n - S_n||^2  +  lambda ||W||^2          (lambda = 1e-5)
+
+where ||W||^2 sums the squares of every convolution weight (biases and beta are not decayed).
+Adam at 1e-4, multiplied by 0.96 every 10k steps.
+
+``run_training`` wraps the loop in a ``TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU) fed by
+the synthesis job's shards through Ray Data, with checkpoints (model, optimizer, schedule, step,
+RNG) in object storage; the same run name resumes from its latest checkpoint, and worker
+failures restart from there (``FailureConfig``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deblur.model import DeblurNet, ModelConfig, build_model
+
+__all__ = [
+    "PRESETS",
+    "TrainConfig",
+    "TrainingError",
+    "compute_loss",
+    "load_train_config",
+    "run_training",
+    "train_loop_per_worker",
+]
+
+# Explicit registry of the shipped presets (flat YAML files inside the package).
+PRESETS: dict[str, str] = {"paper": "paper.yaml", "cpu-small": "cpu-small.yaml", "tiny": "tiny.yaml"}
+
+_MODEL_KEYS = {f.name for f in fields(ModelConfig)}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (bad data, a non-finite loss); the message says where."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # model (ModelConfig)
+    variant: str = "strcnn_dtb"
+    m: int = 1
+    width: int = 64
+    feature_channels: int = 32
+    num_blocks: int = 4
+    residual: bool = True
+    # optimisation (Sec. 5.3)
+    steps: int = 300_000
+    batch_size: int = 8  # per step, summed over all workers
+    sequence_frames: int = 13
+    crop: int = 128
+    lr: float = 1e-4
+    lr_decay: float = 0.96
+    lr_decay_every: int = 10_000
+    weight_decay: float = 1e-5  # lambda of Eq. 4
+    grad_clip: float = 0.0  # 0: off (the paper does not clip)
+    amp: bool = True  # mixed precision, on GPUs only
+    seed: int = 0
+    # bookkeeping
+    log_every: int = 100
+    checkpoint_every: int = 5_000
+    eval_every: int = 5_000
+    eval_clips: int = 4  # evaluation clips scored at each validation (0: all)
+    keep_checkpoints: int = 3
+    # cluster
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    torch_threads: int = 0  # 0: one per reserved CPU
+    max_failures: int = 3
+
+    def __post_init__(self) -> None:
+        if self.batch_size % max(1, self.num_workers):
+            raise ValueError(f"batch_size {self.batch_size} must divide evenly over {self.num_workers} workers")
+        if self.sequence_frames < 2 * self.m + 1:
+            raise ValueError(f"sequence_frames {self.sequence_frames} is shorter than one window (2m+1)")
+        for name in ("steps", "batch_size", "crop", "log_every", "checkpoint_every", "eval_every", "num_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        ModelConfig(**self.model_dict())  # validates variant, m, widths
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def model_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k in _MODEL_KEYS}
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.batch_size // self.num_workers
+
+
+def load_train_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A shipped preset by name (``paper``, ``cpu-small``, ``tiny``) or a YAML file, plus overrides."""
+    from deblur.config import load_preset
+
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset in PRESETS:
+            path = Path(str(resources.files("deblur") / "presets" / PRESETS[preset]))
+        elif Path(preset).is_file():
+            path = Path(preset)
+        else:
+            raise ValueError(f"unknown preset {preset!r}: use one of {sorted(PRESETS)} or a YAML file")
+        values = load_preset(path)
+    return TrainConfig.from_dict({**values, **(overrides or {})})
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss and one step (plain PyTorch)
+# ---------------------------------------------------------------------------------------------
+
+
+def weight_norm(model: nn.Module) -> Tensor:
+    """||W||^2 of Eq. 4: every convolution weight; biases and the blending beta are not decayed."""
+    squares = [p.pow(2).sum() for name, p in model.named_parameters() if p.ndim > 1 and name.endswith("weight")]
+    return torch.stack(squares).sum()
+
+
+def compute_loss(model: nn.Module, blurry: Tensor, sharp: Tensor, *, weight_decay: float) -> tuple[Tensor, Tensor]:
+    """Eq. 4 over a batch of sequences: (loss, mse).
+
+    blurry, sharp: (B, F, 3, H, W) in [0, 1]. The model deblurs frames m..F-1-m (those with a whole
+    window inside the sequence), the state starting at zero.
+    """
+    core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    m = core.m
+    outputs = model(blurry)  # (B, F-2m, 3, H, W)
+    mse = F.mse_loss(outputs.float(), sharp[:, m : sharp.shape[1] - m].float())
+    return mse + weight_decay * weight_norm(core), mse
+
+
+def to_model_input(frames: Tensor | np.ndarray, device: torch.device) -> Tensor:
+    """(B, F, H, W, 3) uint8 -> (B, F, 3, H, W) float in [0, 1] on ``device``."""
+    tensor = torch.as_tensor(frames).to(device, non_blocking=True)
+    return tensor.permute(0, 1, 4, 2, 3).float().div_(255.0)
+
+
+def psnr_of(mse: float) -> float:
+    return 10.0 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+
+
+def optimize_step(
+    ddp_model: nn.Module,
+    model: DeblurNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    batch: dict[str, Any],
+    *,
+    config: TrainConfig,
+    device: torch.device,
+    amp: bool = False,
+    amp_dtype: torch.dtype = torch.float16,
+    where: str = "",
+) -> tuple[float, float]:
+    """One Adam step on a batch ``{"blurry", "sharp"}`` of (B, F, H, W, 3) uint8: (loss, mse)."""
+    blurry = to_model_input(batch["blurry"], device)
+    sharp = to_model_input(batch["sharp"], device)
+    model.train()
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+        loss, mse = compute_loss(ddp_model, blurry, sharp, weight_decay=config.weight_decay)
+    if not torch.isfinite(loss):
+        keys = [str(k) for k in batch.get("key", [])][:8]
+        raise TrainingError(
+            f"loss is {loss.item()} at {where or 'this step'} (batch windows {keys}): stopping; "
+            "the last checkpoint is intact"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if config.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return loss.item(), mse.item()
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam and the step decay of Sec. 5.3 (x0.96 every 10k steps by default)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_decay_every, gamma=config.lr_decay)
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------------------------------------
+# Training state: what a checkpoint holds
+# ---------------------------------------------------------------------------------------------
+
+
+def save_training_state(
+    directory: Path,
+    *,
+    model: DeblurNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step: int,
+    config: TrainConfig,
+    provenance: dict[str, Any],
+) -> None:
+    """``model.safetensors`` (a normal deblur checkpoint) + ``train_state.pt`` (tensors only)."""
+    from deblur.checkpoint import save_checkpoint
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, directory / "model.safetensors", provenance={**provenance, "step": step})
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "config": json.dumps(config.to_dict()),
+    }
+    tmp = directory / ".train_state.pt.partial"
+    torch.save(state, tmp)
+    os.replace(tmp, directory / "train_state.pt")
+
+
+def load_training_state(directory: Path, *, model: DeblurNet, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+    """Restore a checkpoint written by ``save_training_state``; returns its step."""
+    from deblur.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(directory / "model.safetensors")
+    if loaded.config != model.config:
+        raise TrainingError(
+            f"{directory}: checkpoint is {loaded.config.variant} m={loaded.config.m} width={loaded.config.width}, "
+            f"the run trains {model.config.variant} m={model.config.m} width={model.config.width}"
+        )
+    model.load_state_dict(loaded.model.state_dict())
+    # weights_only: the state holds tensors, numbers and strings, so loading never runs code.
+    state = torch.load(directory / "train_state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop run by every Ray Train worker
+# ---------------------------------------------------------------------------------------------
+
+
+def _batches(shard: Any, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Endless batches from a worker's dataset shard (each pass draws new random crops)."""
+    epoch = 0
+    while True:
+        produced = 0
+        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
+            produced += 1
+            yield batch
+        if produced == 0:
+            raise TrainingError(f"the training data gave no full batch of {batch_size} (epoch {epoch})")
+        epoch += 1
+
+
+def _validate(model: DeblurNet, dataset: str, config: TrainConfig, device: torch.device) -> dict[str, float]:
+    from deblur.evaluate import evaluate_model
+
+    report = evaluate_model(model, dataset, device=device, limit=config.eval_clips or None)
+    return {"val_psnr": float(report.overall["psnr"]), "val_input_psnr": float(report.overall["input_psnr"])}
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point: ``loop_config`` = {"train": TrainConfig dict, "dataset": prefix, ...}."""
+    import ray.train
+    import ray.train.torch
+
+    config = TrainConfig.from_dict(loop_config["train"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.set_num_threads(config.torch_threads or max(1, round(config.cpus_per_worker)))
+    # Data randomness (windows, crops, flips) lives in Ray Data's sampler; this seeds initialisation.
+    torch.manual_seed(config.seed + rank)
+
+    model = build_model(ModelConfig(**config.model_dict()))
+    optimizer, scheduler = make_optimizer(model, config)
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            step = load_training_state(Path(directory), model=model, optimizer=optimizer, scheduler=scheduler)
+    start_step = step
+    device = ray.train.torch.get_device()
+    model = model.to(device).to(memory_format=torch.channels_last)
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if context.get_world_size() > 1 else model
+    amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+
+    writer = None
+    log_dir = Path(tempfile.mkdtemp(prefix="deblur-tb-"))
+    if rank == 0:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(str(log_dir))
+    provenance = {"purpose": "training", "dataset": loop_config["dataset"], "run": loop_config.get("run")}
+
+    batches = _batches(ray.train.get_dataset_shard("train"), config.per_worker_batch)
+    window_loss, window_mse, window_count, started = 0.0, 0.0, 0, time.perf_counter()
+    while step < config.steps:
+        batch = next(batches)
+        loss, mse = optimize_step(
+            ddp_model,
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+            batch,
+            config=config,
+            device=device,
+            amp_dtype=amp_dtype,
+            amp=amp,
+            where=f"step {step + 1} on worker {rank}",
+        )
+        step += 1
+        window_loss += loss
+        window_mse += mse
+        window_count += 1
+
+        log_now = step % config.log_every == 0 or step == config.steps
+        save_now = step % config.checkpoint_every == 0 or step == config.steps
+        eval_now = step % config.eval_every == 0 or step == config.steps
+        if not (log_now or save_now or eval_now):
+            continue
+        elapsed = time.perf_counter() - started
+        metrics: dict[str, Any] = {
+            "step": step,
+            "start_step": start_step,  # > 0 after a resume: the step this worker group restarted from
+            "loss": window_loss / max(1, window_count),
+            "train_psnr": psnr_of(window_mse / max(1, window_count)),
+            "lr": scheduler.get_last_lr()[0],
+            "samples_per_s": window_count * config.batch_size / max(elapsed, 1e-9),
+        }
+        window_loss, window_mse, window_count, started = 0.0, 0.0, 0, time.perf_counter()
+        if eval_now and rank == 0:
+            model.eval()
+            metrics.update(_validate(model, loop_config["dataset"], config, device))
+        if writer is not None:
+            for key, value in metrics.items():
+                if key != "step":
+                    writer.add_scalar(key, value, step)
+            writer.flush()
+        if save_now:
+            with tempfile.TemporaryDirectory(prefix="deblur-ckpt-") as directory:
+                if rank == 0:
+                    save_training_state(
+                        Path(directory),
+                        model=model,
+                        optimizer=optimizer,
+                        scheduler=scheduler,
+                        step=step,
+                        config=config,
+                        provenance=provenance,
+                    )
+                    _copy_tensorboard(log_dir, Path(directory) / "tensorboard")
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+                else:
+                    ray.train.report(metrics)
+        else:
+            ray.train.report(metrics)
+    if writer is not None:
+        writer.close()
+
+
+def _copy_tensorboard(source: Path, destination: Path) -> None:
+    import shutil
+
+    if source.is_dir():
+        shutil.copytree(source, destination, dirs_exist_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver side
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    name: str
+    checkpoint: str | None  # URI of the latest checkpoint directory
+    model: str | None  # URI of the exported model.safetensors
+    metrics: dict[str, Any]
+
+
+def run_training(
+    config: TrainConfig,
+    *,
+    dataset: str,
+    storage_path: str,
+    name: str,
+    export_to: str | None = None,
+) -> TrainingRun:
+    """Train (or resume the run ``name`` under ``storage_path``) on the current Ray cluster."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from deblur import storage
+    from deblur.cluster import connect_ray
+    from deblur.data import read_training_dataset
+
+    connect_ray()
+    train_data = read_training_dataset(dataset, frames=config.sequence_frames, crop=config.crop, seed=config.seed)
+    filesystem, path = storage.filesystem_for(storage_path)
+    resources_per_worker = {"CPU": config.cpus_per_worker}
+    if config.use_gpu:
+        resources_per_worker["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": config.to_dict(), "dataset": dataset, "run": name},
+        scaling_config=ScalingConfig(
+            num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources_per_worker
+        ),
+        torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+        ),
+        datasets={"train": train_data},
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise TrainingError(f"run {name} failed: {result.error}")
+    checkpoint_uri = model_uri = None
+    if result.checkpoint is not None:
+        checkpoint_uri = storage.to_uri(result.checkpoint.path, storage_path)
+        model_uri = storage.join_uri(checkpoint_uri, "model.safetensors")
+        if export_to:
+            storage.write_bytes(export_to, storage.read_bytes(model_uri))
+            model_uri = export_to
+    return TrainingRun(name=name, checkpoint=checkpoint_uri, model=model_uri, metrics=dict(result.metrics or {}))

@@ -1,0 +1,103 @@
+"""Ray Train on a local cluster: 2-worker DDP, checkpoints in the local S3 server, resume after a kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from deblur import storage
+from deblur.checkpoint import load_checkpoint
+from deblur.data import DataConfig, synthesize_dataset
+from deblur.train import TrainConfig, TrainingRun, load_train_config, run_training
+from media import write_test_video
+
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
+
+
+@pytest.fixture
+def dataset(s3_bucket: str, tmp_path: Path) -> str:
+    for i in range(4):
+        path = write_test_video(tmp_path / f"v{i}.mp4", width=48, height=40, frames=160, fps=240, audio=False)
+        storage.upload_file(path, f"{s3_bucket}/raw/v{i}.mp4")
+    config = DataConfig.from_dict({"scale": 1.0, "clip_frames": 8, "window_frames": 8, "min_window_frames": 5})
+    run = synthesize_dataset(f"{s3_bucket}/raw", f"{s3_bucket}/data", config=config, cpus_per_task=0.5)
+    assert run.usable == 4
+    return f"{s3_bucket}/data"
+
+
+def _tiny(**overrides: object) -> TrainConfig:
+    return load_train_config("tiny", {"cpus_per_worker": 0.5, "eval_clips": 1, **overrides})
+
+
+def test_two_worker_ddp_run_completes_and_checkpoints(dataset: str, s3_bucket: str) -> None:
+    config = _tiny(num_workers=2, batch_size=2, steps=6, checkpoint_every=3, eval_every=6)
+    run = run_training(config, dataset=dataset, storage_path=f"{s3_bucket}/runs", name="ddp")
+    assert run.metrics["step"] == 6
+    assert run.metrics["val_psnr"] > 0
+    assert run.checkpoint is not None and run.checkpoint.startswith(f"{s3_bucket}/runs/ddp/")
+    model = load_checkpoint(run.model).model
+    assert load_checkpoint(run.model).provenance["step"] == 6
+    assert sum(p.numel() for p in model.parameters()) > 0
+    tensorboard = storage.list_files(storage.join_uri(run.checkpoint, "tensorboard"))
+    assert tensorboard and "tfevents" in tensorboard[0]
+    # Running the same name again resumes at the end: nothing left to do, same final step.
+    again = run_training(config, dataset=dataset, storage_path=f"{s3_bucket}/runs", name="ddp")
+    assert again.metrics["step"] == 6 and again.metrics["start_step"] == 6
+
+
+def _train_worker_pids() -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+    return [a.pid for a in actors if "TrainWorker" in (a.class_name or "") and a.pid]
+
+
+def test_killed_worker_resumes_from_its_checkpoint(dataset: str, s3_bucket: str) -> None:
+    config = _tiny(steps=300, checkpoint_every=10, eval_every=300, log_every=10, max_failures=2)
+    result: dict[str, TrainingRun | BaseException] = {}
+
+    def train() -> None:
+        try:
+            result["run"] = run_training(config, dataset=dataset, storage_path=f"{s3_bucket}/runs", name="killed")
+        except BaseException as error:
+            result["run"] = error
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    deadline = time.monotonic() + 240
+    # Wait for a checkpoint in object storage, then kill the worker process mid-run.
+    while time.monotonic() < deadline and not any("train_state.pt" in uri for uri in _list(f"{s3_bucket}/runs/killed")):
+        time.sleep(0.2)
+    pids = _train_worker_pids()
+    assert pids, "no Ray Train worker found"
+    os.kill(pids[0], signal.SIGKILL)
+    thread.join(timeout=300)
+    run = result["run"]
+    assert isinstance(run, TrainingRun), run
+    assert run.metrics["step"] == 300  # ended at the final step: none skipped, none added
+    assert 10 <= run.metrics["start_step"] < 300  # and it got there by resuming from a checkpoint
+    final = load_checkpoint(run.model)
+    assert final.provenance["step"] == 300
+    state = torch.load(_download(storage.join_uri(run.checkpoint, "train_state.pt")), weights_only=True)
+    assert state["step"] == 300 and state["scheduler"]["last_epoch"] == 300
+
+
+def _list(prefix: str) -> list[str]:
+    try:
+        return storage.list_files(prefix)
+    except storage.StorageError:
+        return []
+
+
+def _download(uri: str) -> Path:
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "state.pt"
+    storage.download_file(uri, path)
+    return path

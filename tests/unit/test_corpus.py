@@ -1,0 +1,86 @@
+"""The synthetic high-speed corpus: deterministic, sub-pixel camera motion, moving objects, noise."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deblur.cli import main
+from deblur.corpus import CorpusConfig, _camera_to_world, _random_motion, render_video
+from deblur.video import probe_video, read_frames
+
+SMALL = {"width": 64, "height": 48, "seconds": 0.1}
+
+
+def frames_of(config: CorpusConfig, *, seed: int = 0, index: int = 0) -> np.ndarray:
+    return np.stack(list(render_video(config, seed=seed, index=index)[0]))
+
+
+def test_same_seed_same_video_other_seed_other_video() -> None:
+    config = CorpusConfig(**SMALL)
+    a = frames_of(config, seed=1)
+    assert a.shape == (24, 48, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, frames_of(config, seed=1))
+    assert not np.array_equal(a, frames_of(config, seed=2))
+    assert not np.array_equal(a, frames_of(config, seed=1, index=1))
+
+
+def test_camera_moves_every_pixel_less_than_the_limit_per_frame() -> None:
+    rng = np.random.default_rng(0)
+    w, h = 640, 360
+    corners = torch.tensor([[-w / 2, -h / 2], [w / 2, -h / 2], [-w / 2, h / 2], [w / 2, h / 2], [0.0, 0.0]])
+    for _ in range(5):
+        motion = _random_motion(rng, 240, 240, max_speed=0.8, radius=float(np.hypot(w, h) / 2))
+        world = torch.stack([_camera_to_world(corners, motion, n) for n in range(240)])  # (frames, 5, 2)
+        steps = (world[1:] - world[:-1]).norm(dim=-1)
+        assert float(steps.max()) <= 0.8 + 1e-4
+        assert float(steps.max()) > 0.5  # and it does move: the budget is used
+        assert np.ptp(motion.angle) > 0 and np.ptp(motion.log_zoom) > 0  # rotation and zoom too
+
+
+def test_objects_move_on_their_own() -> None:
+    still = CorpusConfig(**SMALL, max_camera_motion=0.0, min_objects=0, max_objects=0)
+    frames = frames_of(still)
+    assert np.array_equal(frames[0], frames[-1])  # no camera motion, no objects: a still photo
+    objects_only = CorpusConfig(**SMALL, max_camera_motion=0.0, min_objects=3, max_objects=3)
+    frames = frames_of(objects_only).astype(int)
+    changed = np.abs(frames[-1] - frames[0]).max(axis=-1) > 8
+    # Objects moved: part of the frame changed, but not all of it (the background stood still).
+    assert 0.005 < changed.mean() < 0.9
+    # Sub-pixel to a few pixels per frame: consecutive frames differ far less than distant ones.
+    near = np.mean([np.abs(b - a).mean() for a, b in pairwise(frames[:6])])
+    assert near < np.abs(frames[-1] - frames[0]).mean()
+
+
+def test_noise_is_optional_and_has_the_requested_strength() -> None:
+    clean = frames_of(CorpusConfig(**SMALL)).astype(float)
+    noisy = frames_of(CorpusConfig(**SMALL, noise_sigma=4.0)).astype(float)
+    residual = (noisy - clean)[(clean > 20) & (clean < 235)]  # away from clipping
+    assert 3.6 < residual.std() < 4.4
+
+
+def test_config_is_strict() -> None:
+    with pytest.raises(ValueError, match=r"unknown corpus setting\(s\) \['fsp'\]"):
+        CorpusConfig.from_dict({"fsp": 30})
+    with pytest.raises(ValueError, match="even"):
+        CorpusConfig(width=63)
+
+
+def test_cli_writes_videos_and_a_description(tmp_path: Path) -> None:
+    out = tmp_path / "raw"
+    args = ["--out", str(out), "--videos", "2", "--seconds", "0.1", "--seed", "4", "--set", "width=64"]
+    code = main(["corpus", *args, "--set", "height=48", "-q"])
+    assert code == 0
+    videos = sorted(out.glob("*.mp4"))
+    assert [v.name for v in videos] == ["video_0000.mp4", "video_0001.mp4"]
+    info = probe_video(videos[0])
+    assert (info.width, info.height, info.fps) == (64, 48, 240)
+    assert len(list(read_frames(videos[0]))) == 24
+    description = json.loads((out / "corpus.json").read_text())
+    assert description["synthetic"] is True and description["seed"] == 4
+    assert len(description["videos"]) == 2 and description["videos"][0]["background"].endswith((".png", ".jpg"))

@@ -8,6 +8,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from deblur.video import probe_video
+
 
 def pattern_frame(i: int, width: int, height: int) -> np.ndarray:
     """A moving, textured RGB frame: gradients plus a square that travels with i."""
@@ -63,3 +65,26 @@ def write_test_video(
         out.mux(packet)
     out.close()
     return path
+
+
+def stream_facts(path: Path) -> dict[str, object]:
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        times = [float(f.time) for f in container.decode(video)]
+    with av.open(str(path)) as container:
+        audio = [
+            (s.codec_context.name, s.codec_context.sample_rate, s.codec_context.channels)
+            for s in container.streams.audio
+        ]
+        audio_packets = [(p.pts, p.size) for p in container.demux(audio=0) if p.dts is not None] if audio else []
+    info = probe_video(path)
+    return {
+        "frames": len(times),
+        "times": times,
+        "fps": info.fps,
+        "size": (info.width, info.height),
+        "rotation": info.rotation,
+        "duration": round(info.duration or 0, 3),
+        "audio": audio,
+        "audio_packets": audio_packets,
+    }

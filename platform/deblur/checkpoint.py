@@ -95,9 +95,7 @@ def checkpoint_bytes(model: DeblurNet, *, provenance: dict[str, Any] | None = No
     return save_safetensors(tensors, metadata=metadata)
 
 
-def save_checkpoint(
-    model: DeblurNet, path: str | os.PathLike[str], *, provenance: dict[str, Any] | None = None
-) -> str:
+def save_checkpoint(model: DeblurNet, path: str | os.PathLike[str], *, provenance: dict[str, Any] | None = None) -> str:
     """Write to a local path or s3:// URI atomically: a crash never leaves a truncated checkpoint."""
     from deblur import storage
 

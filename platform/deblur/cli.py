@@ -131,6 +131,104 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from deblur.config import parse_overrides
+    from deblur.train import TABLE1_SPACE, load_train_config, run_tuning
+
+    base = load_train_config(args.preset, parse_overrides(args.set))
+    space = dict(TABLE1_SPACE)
+    for key, values in parse_overrides(args.grid).items():
+        space[key] = values if isinstance(values, list) else [values]
+    result = run_tuning(
+        base,
+        dataset=args.dataset,
+        storage_path=args.storage,
+        name=args.name,
+        space=space,
+        max_concurrent=args.max_concurrent,
+    )
+    print(result.table)
+    if args.table:
+        from deblur import storage
+
+        storage.write_bytes(args.table, (result.table + "\n").encode(), content_type="text/markdown")
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from deblur.batch import BatchConfig, run_batch
+
+    values = {
+        "checkpoint": args.checkpoint,
+        "actors": args.actors,
+        "cpus_per_actor": args.cpus_per_actor,
+        "gpus_per_actor": args.gpus_per_actor,
+        "device": args.device,
+        "lossless": args.lossless,
+        "crf": args.crf,
+        "max_retries": args.max_retries,
+    }
+    if args.include:
+        values["include"] = tuple(args.include)
+    run = run_batch(
+        args.input_prefix,
+        args.output_prefix,
+        config=BatchConfig.from_dict(values),
+        dry_run=args.dry_run,
+        progress=not args.quiet,
+    )
+    if args.dry_run:
+        for task in run.planned:
+            print(f"deblur  {task.source} -> {task.destination}")
+        for record in run.records:
+            print(f"done    {record['source']} -> {record['destination']}")
+        print(f"{len(run.planned)} to deblur, {len(run.records)} already done", file=sys.stderr)
+        return 0
+    for record in run.records:
+        if record["status"] != "ok":
+            print(f"failed: {record['key']}: {record['error']}", file=sys.stderr)
+    print(
+        f"{run.processed} video(s) processed in {run.seconds:.1f} s, {run.summary['ok']} ok, "
+        f"{run.summary['failed']} failed; manifest {run.manifest_uri}",
+        file=sys.stderr,
+    )
+    return 1 if run.summary["failed"] else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from deblur.checkpoint import load_checkpoint
+    from deblur.evaluate import ClipScore, evaluate_model, write_reports
+
+    reports = []
+    for source in args.checkpoints:
+        loaded = load_checkpoint(None if source == "bundled" else source)
+        label = f"{loaded.config.variant} m={loaded.config.m} ({Path(str(loaded.source)).name})"
+
+        def show(score: ClipScore, label: str = label) -> None:
+            if not args.quiet:
+                psnr, base = float(np.mean(score.psnr)), float(np.mean(score.input_psnr))
+                print(
+                    f"{label}: {score.video_id} clip {score.clip} tau={score.tau}: {psnr:.2f} dB (input {base:.2f})",
+                    file=sys.stderr,
+                )
+
+        reports.append(
+            evaluate_model(loaded.model, args.dataset, device=args.device, limit=args.limit, label=label, on_clip=show)
+        )
+    written = write_reports(reports, args.out)
+    for report in reports:
+        o = report.overall
+        print(
+            f"{report.model}: PSNR {o['psnr']:.2f} dB (input {o['input_psnr']:.2f}, gain {o['psnr_gain']:+.2f}), "
+            f"SSIM {o['ssim']:.4f} (input {o['input_ssim']:.4f}), TE {o['temporal_error']:.2f} "
+            f"(input {o['input_temporal_error']:.2f}) over {o['frames']} frames"
+        )
+    print(f"report: {written['markdown']}", file=sys.stderr)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from deblur.bench import run_data_benchmark
 
@@ -195,6 +293,46 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--export", help="also copy the final model.safetensors here")
     train.set_defaults(func=_cmd_train)
 
+    batch = sub.add_parser("batch", help="deblur every video under an S3 prefix, one recurrent actor per video")
+    batch.add_argument("input_prefix", help="videos: s3://bucket/prefix or a directory")
+    batch.add_argument("output_prefix", help="where the deblurred videos go (same keys), plus _deblur/manifest.json")
+    batch.add_argument("--checkpoint", help="model checkpoint (default: the bundled model)")
+    batch.add_argument("--include", action="append", metavar="GLOB", help="only keys matching (repeatable)")
+    batch.add_argument("--dry-run", action="store_true", help="list the work and exit")
+    batch.add_argument("--actors", type=int, help="actors at once (default: as many as the cluster fits)")
+    batch.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (1)")
+    batch.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (default: 1 if the cluster has GPUs)")
+    batch.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
+    batch.add_argument("--lossless", action="store_true", help="RGB H.264 at QP 0 (exact)")
+    batch.add_argument("--crf", type=int, default=18, help="H.264 quality (18)")
+    batch.add_argument("--max-retries", type=int, default=2, help="retries of a video whose actor died (2)")
+    batch.add_argument("-q", "--quiet", action="store_true")
+    batch.set_defaults(func=_cmd_batch)
+
+    tune = sub.add_parser("tune", help="Ray Tune sweep (default: Table 1's variants x m), ASHA early stopping")
+    tune.add_argument("dataset", help="output prefix of `deblur synth`")
+    tune.add_argument("--storage", required=True, help="where trials and checkpoints go: directory or s3://")
+    tune.add_argument("--name", required=True, help="experiment name")
+    tune.add_argument("--preset", default="cpu-small", help="base training preset (cpu-small)")
+    tune.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base setting")
+    tune.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=[V1,V2]", help="values to sweep, e.g. 'lr=[1e-4,3e-4]'"
+    )
+    tune.add_argument("--max-concurrent", type=int, default=1, help="trials running at once (1)")
+    tune.add_argument("--table", help="also write the results table (Markdown) here")
+    tune.set_defaults(func=_cmd_tune)
+
+    evaluate = sub.add_parser("evaluate", help="PSNR/SSIM/temporal consistency of checkpoints on an eval set")
+    evaluate.add_argument(
+        "checkpoints", nargs="+", metavar="CHECKPOINT", help="one or more checkpoints ('bundled' = the default model)"
+    )
+    evaluate.add_argument("dataset", metavar="EVAL_PREFIX", help="output prefix of `deblur synth`")
+    evaluate.add_argument("-o", "--out", default="eval-report", help="where the report goes (./eval-report)")
+    evaluate.add_argument("--limit", type=int, help="score only the first N clips")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
+    evaluate.add_argument("-q", "--quiet", action="store_true")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
     bench = sub.add_parser("bench", help="measure and print speeds on this machine")
     bench.add_argument("what", choices=["data"], help="data: decode vs Ray Data synthesis, 1 and 2 workers")
     bench.add_argument("--videos", type=int, default=4)
@@ -207,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from deblur.batch import BatchError
     from deblur.checkpoint import CheckpointError
     from deblur.storage import StorageError
     from deblur.train import TrainingError
@@ -215,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (UsageError, CheckpointError, VideoError, StorageError, TrainingError, ValueError) as exc:
+    except (UsageError, CheckpointError, VideoError, StorageError, TrainingError, BatchError, ValueError) as exc:
         print(f"deblur: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

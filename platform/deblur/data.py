@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from deblur import storage
+from deblur.storage import VIDEO_PATTERNS
 from deblur.synthesis import ClipParams, SynthesisConfig, draw_clip_params, synthesize_clip
 
 __all__ = [
@@ -46,7 +47,6 @@ __all__ = [
     "synthesize_dataset",
 ]
 
-VIDEO_PATTERNS = ("*.mp4", "*.mov", "*.mkv", "*.avi", "*.webm", "*.m4v", "*.nut")
 MANIFEST_FORMAT = "deblur-synth-manifest/1"
 
 
@@ -105,18 +105,6 @@ def split_for(video_ids: list[str], *, eval_fraction: float, seed: int) -> dict[
 
 def video_id_for(relative_key: str) -> str:
     return relative_key.replace("/", "--")
-
-
-def _object_version(uri: str) -> str:
-    """Size and ETag (S3) or size and mtime (local): a rerun redoes a video only when this changes."""
-    if storage.is_s3(uri):
-        bucket, key = storage.split_s3_uri(uri)
-        head = storage.s3_client().head_object(Bucket=bucket, Key=key)
-        return f"{head['ContentLength']}:{head['ETag'].strip(chr(34))}"
-    from pathlib import Path
-
-    stat = Path(uri).stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +197,7 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
     Bad input (not a video, corrupt, truncated, too short) gives ``status="skipped"`` with the
     reason; an unexpected error gives ``status="failed"`` (retried by the next run).
     """
-    from deblur.video import VideoError, probe_video, read_frames
+    from deblur.video import VideoError, frame_to_rgb, probe_video, read_frames
 
     config = DataConfig.from_dict(task["config"])
     uri, video_id, split, out = task["uri"], task["video_id"], task["split"], task["out"]
@@ -231,7 +219,7 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
             info = probe_video(handle, name=uri)
             handle.seek(0)
             record.update(source_fps=str(info.fps), width=info.width, height=info.height)
-            frames = read_frames(handle, name=uri, threads=task.get("decode_threads"))
+            frames = read_frames(handle, name=uri, threads=task.get("decode_threads"), rgb=False)
             writer = _ShardWriter(storage.join_uri(out, "train", video_id), config.shard_target_bytes)
             source_start = 0
             for clip_index in range(1_000_000):
@@ -246,6 +234,7 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
                     linear_light=config.synthesis.linear_light,
                     gamma=config.synthesis.gamma,
                     scale=config.synthesis.scale,
+                    to_rgb=frame_to_rgb,
                 ):
                     blurry.append(b)
                     sharp.append(s)
@@ -353,7 +342,7 @@ def plan_tasks(input_prefix: str, output_prefix: str, config: DataConfig) -> tup
     split = split_for(list(ids.values()), eval_fraction=config.eval_fraction, seed=config.seed)
     tasks, finished = [], []
     for uri, video_id in ids.items():
-        version = _object_version(uri)
+        version = storage.object_version(uri)
         previous = done.get(video_id)
         if previous and previous.get("version") == version and previous.get("status") in ("ok", "skipped"):
             finished.append(previous)
@@ -371,6 +360,27 @@ def plan_tasks(input_prefix: str, output_prefix: str, config: DataConfig) -> tup
             }
         )
     return tasks, finished
+
+
+def write_manifest(
+    input_prefix: str, output_prefix: str, config: DataConfig, records: list[dict[str, Any]]
+) -> tuple[str, dict[str, Any]]:
+    """Write ``OUT/manifest.json`` (every video's record and the run's settings): what readers trust."""
+    records.sort(key=lambda r: r["video_id"])
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "input": input_prefix,
+        "output": output_prefix,
+        "config": config.to_dict(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "summary": {status: sum(r["status"] == status for r in records) for status in ("ok", "skipped", "failed")}
+        | {"pairs_train": sum(r["pairs"] for r in records if r["split"] == "train" and r["status"] == "ok")}
+        | {"pairs_eval": sum(r["pairs"] for r in records if r["split"] == "eval" and r["status"] == "ok")},
+        "videos": records,
+    }
+    manifest_uri = storage.join_uri(output_prefix, "manifest.json")
+    storage.write_bytes(manifest_uri, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    return manifest_uri, manifest
 
 
 def synthesize_dataset(
@@ -404,20 +414,7 @@ def synthesize_dataset(
             max_retries=2,
         ).take_all()
         records.extend(results)
-    records.sort(key=lambda r: r["video_id"])
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "input": input_prefix,
-        "output": output_prefix,
-        "config": config.to_dict(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "summary": {status: sum(r["status"] == status for r in records) for status in ("ok", "skipped", "failed")}
-        | {"pairs_train": sum(r["pairs"] for r in records if r["split"] == "train" and r["status"] == "ok")}
-        | {"pairs_eval": sum(r["pairs"] for r in records if r["split"] == "eval" and r["status"] == "ok")},
-        "videos": records,
-    }
-    manifest_uri = storage.join_uri(output_prefix, "manifest.json")
-    storage.write_bytes(manifest_uri, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    manifest_uri, manifest = write_manifest(input_prefix, output_prefix, config, records)
     return SynthesisRun(manifest_uri=manifest_uri, records=records, summary=manifest["summary"], processed=len(tasks))
 
 
@@ -475,18 +472,30 @@ def _decode_row(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _CropSampler:
-    """Row -> one random training sample; the RNG is per worker process, seeded from ``seed``."""
+    """Row -> ``samples`` random training samples; the RNG is per worker process, seeded from ``seed``."""
 
-    def __init__(self, *, frames: int, crop: int, flips: bool, seed: int | None) -> None:
+    def __init__(self, *, frames: int, crop: int, flips: bool, seed: int | None, samples: int) -> None:
         import os
 
-        self.frames, self.crop, self.flips = frames, crop, flips
+        self.frames, self.crop, self.flips, self.samples = frames, crop, flips, samples
         self.rng = np.random.default_rng(None if seed is None else [seed, os.getpid()])
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         blurry, sharp = _decode_row(row)
-        b, s = sample_training_crop(blurry, sharp, rng=self.rng, frames=self.frames, crop=self.crop, flips=self.flips)
-        return {"blurry": b, "sharp": s}
+        for _ in range(self.samples):
+            b, s = sample_training_crop(
+                blurry, sharp, rng=self.rng, frames=self.frames, crop=self.crop, flips=self.flips
+            )
+            yield {"blurry": b, "sharp": s}
+
+
+def _read_shard(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every row (training window) of one Parquet shard."""
+    import pyarrow.parquet as pq
+
+    with storage.open_input(item["uri"]) as handle:
+        table = pq.read_table(handle)
+    yield from table.to_pylist()
 
 
 def training_shards(prefix: str) -> list[str]:
@@ -505,23 +514,36 @@ def read_training_dataset(
     crop: int = 128,
     flips: bool = True,
     seed: int | None = None,
+    samples_per_window: int = 4,
     num_cpus: float = 0.25,
 ) -> Any:
     """A Ray Dataset of random training samples ``{"blurry", "sharp"}``: (frames, crop, crop, 3) uint8.
 
-    Each pass over it draws new windows, crops and flips. Hand it to a ``TorchTrainer`` as
-    ``datasets={"train": ...}``; each worker reads its shard with ``iter_torch_batches``.
+    Each pass over it draws new windows, crops and flips: ``samples_per_window`` crops from each
+    stored window (a window of full frames is far larger than one crop, so reading it for a single
+    sample would make training I/O-bound). Hand it to a ``TorchTrainer`` as ``datasets={"train":
+    ...}``; each worker reads its shard with ``iter_batches`` and a local shuffle buffer, which
+    mixes crops of different windows and videos.
+
+    Every step runs on a fraction of a CPU (``num_cpus``) so it fits beside training workers that
+    reserved the rest. The shards are read with a plain ``flat_map`` rather than ``read_parquet``:
+    in Ray 2.60 the latter adds a listing task that always asks for a whole CPU, which never
+    fits on a 2-CPU machine whose cores the workers hold, and the run would wait forever.
     """
     import ray
 
     shards = training_shards(prefix)
-    filesystem, _ = storage.filesystem_for(shards[0])
-    paths = [storage.filesystem_for(uri)[1] for uri in shards]
-    dataset = ray.data.read_parquet(paths, filesystem=filesystem)
-    # Rows are whole windows; shuffle their order, then crop: a cheap, decent shuffle.
-    return dataset.randomize_block_order().map(
+    items = [{"uri": uri} for uri in shards]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).randomize_block_order()
+    return dataset.flat_map(_read_shard, num_cpus=num_cpus).flat_map(
         _CropSampler,
-        fn_constructor_kwargs={"frames": frames, "crop": crop, "flips": flips, "seed": seed},
+        fn_constructor_kwargs={
+            "frames": frames,
+            "crop": crop,
+            "flips": flips,
+            "seed": seed,
+            "samples": samples_per_window,
+        },
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=num_cpus,
     )

@@ -39,9 +39,15 @@ def deblur_file(
     device: str | torch.device | None = "auto",
     encoder: EncoderOptions | None = None,
     on_frame: Callable[[int, VideoInfo], None] | None = None,
+    name: str | None = None,
 ) -> DeblurResult:
-    """Deblur ``source`` into ``destination`` (written atomically), one frame at a time."""
+    """Deblur ``source`` into ``destination`` (written atomically), one frame at a time.
+
+    ``name`` is what error messages call the source (default: its path).
+    """
     start = time.perf_counter()
     engine = OnlineDeblurrer(model, device=device)
-    result: TransformResult = transform_video(source, destination, engine, encoder=encoder, on_frame=on_frame)
+    result: TransformResult = transform_video(
+        source, destination, engine, encoder=encoder, on_frame=on_frame, name=name
+    )
     return DeblurResult(frames=result.frames, seconds=time.perf_counter() - start, info=result.info)

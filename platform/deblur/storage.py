@@ -28,6 +28,8 @@ from typing import IO, Any
 from urllib.parse import urlparse
 
 ENDPOINT_ENV = "DEBLUR_S3_ENDPOINT"
+# What counts as a video when a prefix is listed (by file name; the content is checked on decode).
+VIDEO_PATTERNS = ("*.mp4", "*.mov", "*.mkv", "*.avi", "*.webm", "*.m4v", "*.nut")
 _READ_BUFFER = 8 << 20  # unbuffered pyarrow S3 reads run at about half speed (NOTES)
 _MULTIPART_THRESHOLD = 16 << 20
 
@@ -196,6 +198,22 @@ def exists(uri: str | os.PathLike[str]) -> bool:
         raise StorageError(f"cannot check {uri}: {error}") from error
 
 
+def object_version(uri: str) -> str:
+    """Size and ETag (S3) or size and mtime (local): work keyed on this is redone only when it changes."""
+    if is_s3(uri):
+        bucket, key = split_s3_uri(uri)
+        try:
+            head = s3_client().head_object(Bucket=bucket, Key=key)
+        except Exception as error:
+            raise StorageError(f"cannot read {uri}: {error}") from error
+        return f"{head['ContentLength']}:{head['ETag'].strip(chr(34))}"
+    try:
+        stat = Path(uri).stat()
+    except OSError as error:
+        raise StorageError(f"cannot read {uri}: {error.strerror or error}") from error
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def open_input(uri: str | os.PathLike[str]) -> IO[bytes]:
     """A seekable, buffered binary file (PyAV needs seeking for MP4s whose index is at the end)."""
     uri = str(uri)
@@ -259,6 +277,52 @@ def upload_file(local_path: str | os.PathLike[str], uri: str | os.PathLike[str])
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def commit_file(local_path: str | os.PathLike[str], uri: str, *, staging_uri: str) -> None:
+    """Upload ``local_path`` to ``staging_uri`` (multipart when large), then make it ``uri``.
+
+    S3 has no rename: the staged object is copied server-side onto the final key and deleted,
+    so ``uri`` only ever holds a complete file, and an upload cut off half-way leaves at most a
+    staging key (which the caller cleans up), never a partial object at ``uri``.
+    """
+    if not is_s3(uri):
+        upload_file(local_path, uri)  # local: written beside the target and renamed
+        return
+    bucket, key = split_s3_uri(uri)
+    staging_bucket, staging_key = split_s3_uri(staging_uri)
+    upload_file(local_path, staging_uri)
+    try:
+        s3_client().copy({"Bucket": staging_bucket, "Key": staging_key}, bucket, key)
+    except Exception as error:
+        raise StorageError(f"cannot write {uri}: {error}") from error
+    finally:
+        with contextlib.suppress(Exception):
+            s3_client().delete_object(Bucket=staging_bucket, Key=staging_key)
+
+
+def delete_prefix(prefix: str) -> int:
+    """Delete every object under ``prefix`` (and abort unfinished multipart uploads there)."""
+    prefix = str(prefix)
+    if not is_s3(prefix):
+        root = Path(prefix)
+        if root.is_dir():
+            shutil.rmtree(root)
+        return 0
+    bucket, key = split_s3_uri(prefix)
+    key = key.rstrip("/") + "/"
+    client = s3_client()
+    count = 0
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+            for item in page.get("Contents", []):
+                client.delete_object(Bucket=bucket, Key=item["Key"])
+                count += 1
+        for upload in client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    except Exception as error:
+        raise StorageError(f"cannot clean up {prefix}: {error}") from error
+    return count
 
 
 def download_file(uri: str | os.PathLike[str], local_path: str | os.PathLike[str]) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "compute_loss",
     "load_train_config",
     "run_training",
+    "run_tuning",
     "train_loop_per_worker",
 ]
 
@@ -69,6 +70,7 @@ class TrainConfig:
     batch_size: int = 8  # per step, summed over all workers
     sequence_frames: int = 13
     crop: int = 128
+    samples_per_window: int = 4  # random crops drawn from each stored window per pass over the data
     lr: float = 1e-4
     lr_decay: float = 0.96
     lr_decay_every: int = 10_000
@@ -273,7 +275,11 @@ def _batches(shard: Any, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     epoch = 0
     while True:
         produced = 0
-        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True):
+        # The shuffle buffer mixes crops of different windows (each window gives several in a row).
+        batches = shard.iter_batches(
+            batch_size=batch_size, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=8 * batch_size
+        )
+        for batch in batches:
             produced += 1
             yield batch
         if produced == 0:
@@ -323,6 +329,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         writer = SummaryWriter(str(log_dir))
     provenance = {"purpose": "training", "dataset": loop_config["dataset"], "run": loop_config.get("run")}
 
+    if step >= config.steps:
+        # Resumed a finished run: say so (every worker, so their report counts stay equal).
+        ray.train.report({"step": step, "start_step": start_step})
+        return
     batches = _batches(ray.train.get_dataset_shard("train"), config.per_worker_batch)
     window_loss, window_mse, window_count, started = 0.0, 0.0, 0, time.perf_counter()
     while step < config.steps:
@@ -417,8 +427,12 @@ def run_training(
     storage_path: str,
     name: str,
     export_to: str | None = None,
+    callbacks: list[Any] | None = None,
 ) -> TrainingRun:
-    """Train (or resume the run ``name`` under ``storage_path``) on the current Ray cluster."""
+    """Train (or resume the run ``name`` under ``storage_path``) on the current Ray cluster.
+
+    ``callbacks`` are Ray Train callbacks (e.g. Tune's ``TuneReportCallback`` inside a trial).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -427,7 +441,13 @@ def run_training(
     from deblur.data import read_training_dataset
 
     connect_ray()
-    train_data = read_training_dataset(dataset, frames=config.sequence_frames, crop=config.crop, seed=config.seed)
+    train_data = read_training_dataset(
+        dataset,
+        frames=config.sequence_frames,
+        crop=config.crop,
+        seed=config.seed,
+        samples_per_window=config.samples_per_window,
+    )
     filesystem, path = storage.filesystem_for(storage_path)
     resources_per_worker = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
@@ -445,6 +465,7 @@ def run_training(
             storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+            callbacks=callbacks,
         ),
         datasets={"train": train_data},
     )
@@ -459,3 +480,123 @@ def run_training(
             storage.write_bytes(export_to, storage.read_bytes(model_uri))
             model_uri = export_to
     return TrainingRun(name=name, checkpoint=checkpoint_uri, model=model_uri, metrics=dict(result.metrics or {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray Tune: each trial is a Ray Train run
+# ---------------------------------------------------------------------------------------------
+
+# The paper's Table 1 grid (variant x number of input frames) plus the optimiser's two knobs.
+TABLE1_SPACE: dict[str, list[Any]] = {
+    "variant": ["cnn", "strcnn", "strcnn_dtb"],
+    "m": [1, 2, 3],
+    "lr": [1e-4],
+    "weight_decay": [1e-5],
+}
+
+
+def _tune_trial(trial: dict[str, Any]) -> None:
+    """One Tune trial: drives a Ray Train run whose reports are passed on to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    config = TrainConfig.from_dict({**trial["base"], **trial["params"]})
+    name = f"{trial['name']}-{ray.tune.get_context().get_trial_id()}"
+    run_training(
+        config,
+        dataset=trial["dataset"],
+        storage_path=trial["storage_path"],
+        name=name,
+        callbacks=[TuneReportCallback()],
+    )
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    rows: list[dict[str, Any]]  # one per trial, best first
+    table: str  # Markdown
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return self.rows[0]
+
+
+def run_tuning(
+    base: TrainConfig,
+    *,
+    dataset: str,
+    storage_path: str,
+    name: str,
+    space: dict[str, list[Any]] | None = None,
+    max_concurrent: int = 1,
+    grace_steps: int | None = None,
+    trial_cpus: float = 0.1,
+) -> TuningResult:
+    """Grid-search ``space`` (default: Table 1's variants x m) with early stopping of poor trials.
+
+    Every trial trains ``base`` with its overrides as its own Ray Train run (DDP, checkpoints,
+    resume all as in ``run_training``). ASHA stops trials whose validation PSNR falls behind at
+    ``grace_steps``, 2x, 4x, ... (default: the first validation). The Tune driver of each trial
+    needs almost no CPU (``trial_cpus``): the work happens in its Train workers.
+    """
+    import ray.tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from deblur import storage
+    from deblur.cluster import connect_ray
+
+    space = space or TABLE1_SPACE
+    unknown = sorted(set(space) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"unknown training setting(s) in the search space: {unknown}")
+    connect_ray()
+    filesystem, path = storage.filesystem_for(storage_path)
+    grid = {key: ray.tune.grid_search(list(values)) for key, values in space.items()}
+    scheduler = ASHAScheduler(
+        time_attr="step",
+        metric="val_psnr",
+        mode="max",
+        max_t=base.steps,
+        grace_period=grace_steps or base.eval_every,
+        reduction_factor=2,
+    )
+    tuner = ray.tune.Tuner(
+        ray.tune.with_resources(_tune_trial, {"CPU": trial_cpus}),
+        param_space={
+            "base": base.to_dict(),
+            "params": grid,
+            "dataset": dataset,
+            "storage_path": storage_path,
+            "name": name,
+        },
+        tune_config=ray.tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=max_concurrent),
+        run_config=ray.tune.RunConfig(name=name, storage_path=path, storage_filesystem=filesystem),
+    )
+    grid_result = tuner.fit()
+    rows = []
+    for result in grid_result:
+        metrics = result.metrics or {}
+        rows.append(
+            {
+                **result.config["params"],
+                "step": metrics.get("step"),
+                "val_psnr": metrics.get("val_psnr"),
+                "val_input_psnr": metrics.get("val_input_psnr"),
+                "stopped_early": (metrics.get("step") or 0) < base.steps,
+                "error": None if result.error is None else str(result.error).splitlines()[0],
+            }
+        )
+    rows.sort(key=lambda r: -(r["val_psnr"] if r["val_psnr"] is not None else float("-inf")))
+    return TuningResult(rows=rows, table=format_tuning_table(rows, list(space)))
+
+
+def format_tuning_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
+    header = [*keys, "steps", "val PSNR", "input PSNR", "note"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for row in rows:
+        psnr = "-" if row["val_psnr"] is None else f"{row['val_psnr']:.2f}"
+        base = "-" if row["val_input_psnr"] is None else f"{row['val_input_psnr']:.2f}"
+        note = row["error"] or ("stopped early" if row["stopped_early"] else "")
+        cells = [str(row[k]) for k in keys] + [str(row["step"]), psnr, base, note]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -46,20 +47,25 @@ def test_two_worker_ddp_run_completes_and_checkpoints(dataset: str, s3_bucket: s
     assert sum(p.numel() for p in model.parameters()) > 0
     tensorboard = storage.list_files(storage.join_uri(run.checkpoint, "tensorboard"))
     assert tensorboard and "tfevents" in tensorboard[0]
-    # Running the same name again resumes at the end: nothing left to do, same final step.
+    # Running the same name again resumes at the end: nothing left to do, no new checkpoint.
     again = run_training(config, dataset=dataset, storage_path=f"{s3_bucket}/runs", name="ddp")
-    assert again.metrics["step"] == 6 and again.metrics["start_step"] == 6
+    assert again.metrics["step"] == 6 and again.checkpoint == run.checkpoint
 
 
 def _train_worker_pids() -> list[int]:
-    from ray.util.state import list_actors
-
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
-    return [a.pid for a in actors if "TrainWorker" in (a.class_name or "") and a.pid]
+    """PIDs of live Ray Train worker processes (Ray titles them ``ray::RayTrainWorker``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
 
 
 def test_killed_worker_resumes_from_its_checkpoint(dataset: str, s3_bucket: str) -> None:
-    config = _tiny(steps=300, checkpoint_every=10, eval_every=300, log_every=10, max_failures=2)
+    config = _tiny(steps=80, checkpoint_every=10, eval_every=80, log_every=10, max_failures=2)
     result: dict[str, TrainingRun | BaseException] = {}
 
     def train() -> None:
@@ -71,8 +77,10 @@ def test_killed_worker_resumes_from_its_checkpoint(dataset: str, s3_bucket: str)
     thread = threading.Thread(target=train)
     thread.start()
     deadline = time.monotonic() + 240
-    # Wait for a checkpoint in object storage, then kill the worker process mid-run.
-    while time.monotonic() < deadline and not any("train_state.pt" in uri for uri in _list(f"{s3_bucket}/runs/killed")):
+    # Wait until Ray Train has registered a checkpoint (its controller's snapshot names one: a
+    # checkpoint uploaded but not yet collected from the worker dies with it), then kill the
+    # worker process mid-run.
+    while time.monotonic() < deadline and not _registered_checkpoint(f"{s3_bucket}/runs/killed"):
         time.sleep(0.2)
     pids = _train_worker_pids()
     assert pids, "no Ray Train worker found"
@@ -80,12 +88,20 @@ def test_killed_worker_resumes_from_its_checkpoint(dataset: str, s3_bucket: str)
     thread.join(timeout=300)
     run = result["run"]
     assert isinstance(run, TrainingRun), run
-    assert run.metrics["step"] == 300  # ended at the final step: none skipped, none added
-    assert 10 <= run.metrics["start_step"] < 300  # and it got there by resuming from a checkpoint
+    assert run.metrics["step"] == 80  # ended at the final step: none skipped, none added
+    assert 10 <= run.metrics["start_step"] < 80  # and it got there by resuming from a checkpoint
     final = load_checkpoint(run.model)
-    assert final.provenance["step"] == 300
+    assert final.provenance["step"] == 80
     state = torch.load(_download(storage.join_uri(run.checkpoint, "train_state.pt")), weights_only=True)
-    assert state["step"] == 300 and state["scheduler"]["last_epoch"] == 300
+    assert state["step"] == 80 and state["scheduler"]["last_epoch"] == 80
+
+
+def _registered_checkpoint(run: str) -> bool:
+    try:
+        snapshot = json.loads(storage.read_bytes(f"{run}/checkpoint_manager_snapshot.json"))
+    except (storage.StorageError, ValueError):
+        return False
+    return snapshot.get("latest_checkpoint_result") is not None
 
 
 def _list(prefix: str) -> list[str]:

@@ -17,29 +17,7 @@ from deblur.checkpoint import load_model
 from deblur.cli import main
 from deblur.engine import deblur_frames
 from deblur.video import probe_video, read_frames
-
-
-def stream_facts(path: Path) -> dict[str, object]:
-    with av.open(str(path)) as container:
-        video = container.streams.video[0]
-        times = [float(f.time) for f in container.decode(video)]
-    with av.open(str(path)) as container:
-        audio = [
-            (s.codec_context.name, s.codec_context.sample_rate, s.codec_context.channels)
-            for s in container.streams.audio
-        ]
-        audio_packets = [(p.pts, p.size) for p in container.demux(audio=0) if p.dts is not None] if audio else []
-    info = probe_video(path)
-    return {
-        "frames": len(times),
-        "times": times,
-        "fps": info.fps,
-        "size": (info.width, info.height),
-        "rotation": info.rotation,
-        "duration": round(info.duration or 0, 3),
-        "audio": audio,
-        "audio_packets": audio_packets,
-    }
+from media import stream_facts
 
 
 def no_leftovers(directory: Path, keep: set[str]) -> None:

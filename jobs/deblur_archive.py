@@ -1,0 +1,13 @@
+"""`ray job submit -- python jobs/deblur_archive.py s3://in/prefix s3://out/prefix [--checkpoint CK] [--include GLOB]`
+
+Deblurs every video under the input prefix on the cluster the job runs on, one recurrent actor per
+video, into the same keys under the output prefix, with a manifest in OUT/_deblur/. A rerun skips
+finished videos; --dry-run lists the work. Same arguments as `deblur batch`.
+"""
+
+import sys
+
+from deblur.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main(["batch", *sys.argv[1:]]))

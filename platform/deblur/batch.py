@@ -1,0 +1,390 @@
+"""Bulk deblurring of a video archive in object storage, as a Ray job.
+
+``run_batch(IN_PREFIX, OUT_PREFIX)`` lists the videos under IN_PREFIX and deblurs each with one
+sequential, recurrent actor: the model's state runs through the whole video, so a video is never
+split. Actors form a pool sized to the cluster (a GPU each, or a fraction, where there are GPUs;
+CPU cores otherwise) and take one video at a time. Each video is streamed: decoded from object
+storage, through the online engine (``inference.deblur_file``, the same path as ``deblur
+video``), encoded to a local temporary file, uploaded (multipart) to a staging key and then
+committed to its final key, which mirrors the input key:
+
+    IN/a/b.mp4  ->  OUT/a/b.mp4
+    OUT/_deblur/records/<key>.json    one record per video, written when it ends
+    OUT/_deblur/manifest.json         every record and a summary, at the end of the run
+    OUT/_deblur/staging/...           uploads in flight; removed when committed or failed
+
+Bad input (corrupt, unsupported, no video stream) is recorded as ``failed`` and the others go on.
+An actor that dies mid-video (process killed, node lost) is replaced and the video retried from
+its start, ``max_retries`` times; only committed keys are ever visible at their final name. A
+rerun skips videos whose record says ``ok`` for the same input version (size and ETag) and whose
+output exists. Nothing is written outside OUT_PREFIX.
+
+The per-video work (``deblur_object``) is plain Python, testable without Ray; only ``run_batch``
+talks to the cluster.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from deblur import storage
+
+__all__ = ["BatchConfig", "BatchRun", "deblur_object", "plan_batch", "run_batch"]
+
+CONTROL_DIR = "_deblur"
+MANIFEST_FORMAT = "deblur-batch-manifest/1"
+
+
+class BatchError(RuntimeError):
+    """The job as a whole cannot run (bad prefixes, nothing to do, a missing checkpoint)."""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    checkpoint: str | None = None  # None: the bundled default model
+    include: tuple[str, ...] = storage.VIDEO_PATTERNS  # globs on the key below IN_PREFIX
+    actors: int | None = None  # None: as many as the cluster fits
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    device: str = "auto"
+    lossless: bool = False
+    crf: int = 18
+    preset: str = "medium"
+    max_retries: int = 2  # per video, after an actor died or an unexpected error
+    torch_threads: int = 0  # 0: one per reserved CPU
+
+    def __post_init__(self) -> None:
+        if self.cpus_per_actor <= 0:
+            raise ValueError(f"cpus_per_actor must be positive, got {self.cpus_per_actor}")
+        if self.actors is not None and self.actors < 1:
+            raise ValueError(f"actors must be at least 1, got {self.actors}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BatchConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown batch setting(s) {unknown}; known: {sorted(known)}")
+        values = dict(values)
+        if isinstance(values.get("include"), str):
+            values["include"] = (values["include"],)
+        elif "include" in values:
+            values["include"] = tuple(values["include"])
+        return cls(**values)
+
+
+def _control(output_prefix: str, *parts: str) -> str:
+    return storage.join_uri(output_prefix, CONTROL_DIR, *parts)
+
+
+def _record_uri(output_prefix: str, key: str) -> str:
+    return _control(output_prefix, "records", key.replace("/", "--") + ".json")
+
+
+def _check_prefixes(input_prefix: str, output_prefix: str) -> None:
+    def norm(prefix: str) -> str:
+        return prefix.rstrip("/") + "/" if storage.is_s3(prefix) else str(Path(prefix).resolve()) + "/"
+
+    a, b = norm(input_prefix), norm(output_prefix)
+    if a.startswith(b) or b.startswith(a):
+        raise BatchError(f"input {input_prefix} and output {output_prefix} overlap: use separate prefixes")
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    source: str  # URI of the input video
+    destination: str  # URI of the output (same key below OUT)
+    key: str  # relative key
+    version: str  # of the input, for reruns
+
+
+def plan_batch(
+    input_prefix: str, output_prefix: str, include: tuple[str, ...] = storage.VIDEO_PATTERNS
+) -> tuple[list[VideoTask], list[dict[str, Any]]]:
+    """``(videos to deblur, records of videos already done)``."""
+    _check_prefixes(input_prefix, output_prefix)
+    try:
+        uris = storage.list_files(input_prefix)
+    except storage.StorageError as error:
+        raise BatchError(str(error)) from error
+    tasks, done = [], []
+    for uri in uris:
+        key = storage.relative_key(uri, input_prefix)
+        if not any(fnmatch.fnmatch(key, pat) or fnmatch.fnmatch(PurePosixPath(key).name, pat) for pat in include):
+            continue
+        task = VideoTask(
+            source=uri,
+            destination=storage.join_uri(output_prefix, key),
+            key=key,
+            version=storage.object_version(uri),
+        )
+        previous = _read_record(_record_uri(output_prefix, key))
+        if (
+            previous is not None
+            and previous.get("status") == "ok"
+            and previous.get("version") == task.version
+            and storage.exists(task.destination)
+        ):
+            done.append(previous)
+            continue
+        tasks.append(task)
+    return tasks, done
+
+
+def _read_record(uri: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except (storage.StorageError, ValueError, FileNotFoundError):
+        return None
+
+
+def deblur_object(
+    task: VideoTask,
+    model: Any,
+    *,
+    staging_uri: str,
+    device: str = "auto",
+    encoder: Any = None,
+) -> dict[str, Any]:
+    """Deblur one video from object storage to object storage; returns its record.
+
+    Bad input gives ``status="failed"`` with the reason (not worth retrying). Anything else
+    (storage trouble that outlasted the client's retries, a bug) raises: the caller retries.
+    """
+    from deblur.inference import deblur_file
+    from deblur.video import VideoError
+
+    record: dict[str, Any] = {
+        "key": task.key,
+        "source": task.source,
+        "destination": task.destination,
+        "version": task.version,
+        "status": "ok",
+        "error": None,
+    }
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="deblur-batch-") as tmpdir:
+            local = Path(tmpdir) / f"output{PurePosixPath(task.key).suffix or '.mp4'}"
+            with storage.open_input(task.source) as handle:
+                result = deblur_file(handle, local, model, device=device, encoder=encoder, name=task.source)
+            storage.commit_file(local, task.destination, staging_uri=staging_uri)
+        seconds = time.perf_counter() - started
+        record.update(
+            frames=result.frames,
+            width=result.info.width,
+            height=result.info.height,
+            video_fps=str(result.info.fps),
+            seconds=round(seconds, 3),
+            fps=round(result.frames / seconds, 3) if seconds > 0 else None,
+        )
+    except VideoError as error:
+        record.update(status="failed", error=str(error), seconds=round(time.perf_counter() - started, 3))
+    return record
+
+
+class VideoWorker:
+    """The body of a batch actor: one model, one video at a time, state never shared between videos."""
+
+    def __init__(self, checkpoint: str | None, device: str, torch_threads: int, encoder: dict[str, Any]) -> None:
+        import torch
+
+        from deblur.checkpoint import load_model
+        from deblur.video import EncoderOptions
+
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        self.model = load_model(checkpoint)
+        self.device = device
+        self.encoder = EncoderOptions(**encoder)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def deblur(self, task: VideoTask, staging_uri: str) -> dict[str, Any]:
+        return deblur_object(task, self.model, staging_uri=staging_uri, device=self.device, encoder=self.encoder)
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    manifest_uri: str | None
+    planned: list[VideoTask]
+    records: list[dict[str, Any]]  # every video: done earlier, and this run's
+    processed: int
+    seconds: float
+
+    @property
+    def summary(self) -> dict[str, int]:
+        return {status: sum(r["status"] == status for r in self.records) for status in ("ok", "failed")}
+
+
+def _cluster_resources() -> dict[str, float]:
+    import ray
+
+    return dict(ray.cluster_resources())
+
+
+def _pool_size(config: BatchConfig, gpus_per_actor: float, videos: int) -> int:
+    if config.actors is not None:
+        return min(config.actors, videos)
+    resources = _cluster_resources()
+    if gpus_per_actor > 0:
+        fit = int(resources.get("GPU", 0) // gpus_per_actor)
+    else:
+        fit = int(resources.get("CPU", 1) // config.cpus_per_actor)
+    return max(1, min(fit, videos))
+
+
+def run_batch(
+    input_prefix: str,
+    output_prefix: str,
+    *,
+    config: BatchConfig | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    on_actor: Callable[[Any, int], None] | None = None,
+) -> BatchRun:
+    """Deblur every video under ``input_prefix`` into ``output_prefix`` on the current Ray cluster.
+
+    ``on_actor(actor, pid)`` is called for each actor started (tests use it to kill one).
+    """
+    config = config or BatchConfig()
+    started = time.perf_counter()
+    tasks, done = plan_batch(input_prefix, output_prefix, config.include)
+    if not tasks and not done:
+        raise BatchError(f"{input_prefix}: no videos found (looked for {', '.join(config.include)})")
+    if dry_run or not tasks:
+        return BatchRun(
+            manifest_uri=None, planned=tasks, records=done, processed=0, seconds=time.perf_counter() - started
+        )
+
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    from deblur.checkpoint import load_checkpoint
+    from deblur.cluster import connect_ray
+
+    load_checkpoint(config.checkpoint)  # fail here, once, with a clear message, not in every actor
+    connect_ray()
+    staging = _control(output_prefix, "staging")
+    storage.delete_prefix(staging)  # what killed runs left behind
+    gpus = config.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if _cluster_resources().get("GPU", 0) >= 1 else 0.0
+    size = _pool_size(config, gpus, len(tasks))
+    threads = config.torch_threads or max(1, int(config.cpus_per_actor))
+    encoder = {"lossless": config.lossless, "crf": config.crf, "preset": config.preset}
+    actor_class = ray.remote(num_cpus=config.cpus_per_actor, num_gpus=gpus, max_restarts=0)(VideoWorker)
+
+    def start_actor() -> Any:
+        actor = actor_class.remote(config.checkpoint, config.device, threads, encoder)
+        if on_actor is not None:
+            on_actor(actor, ray.get(actor.pid.remote()))
+        return actor
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), unit="video", desc="deblur batch", dynamic_ncols=True)
+    queue: deque[VideoTask] = deque(tasks)
+    attempts: dict[str, int] = {}
+    idle = [start_actor() for _ in range(size)]
+    in_flight: dict[Any, tuple[Any, VideoTask, str]] = {}  # ref -> (actor, task, its staging prefix)
+    records: list[dict[str, Any]] = []
+    frames_done = 0
+
+    def finish(record: dict[str, Any]) -> None:
+        nonlocal frames_done
+        record["attempts"] = attempts.get(record["key"], 0) + 1
+        storage.write_bytes(
+            _record_uri(output_prefix, record["key"]),
+            json.dumps(record, indent=1).encode(),
+            content_type="application/json",
+        )
+        records.append(record)
+        frames_done += record.get("frames") or 0
+        if bar is not None:
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(
+                frames_per_s=f"{frames_done / elapsed:.1f}", failed=sum(r["status"] != "ok" for r in records)
+            )
+            bar.update(1)
+
+    def retry_or_fail(task: VideoTask, error: str) -> None:
+        attempts[task.key] = attempts.get(task.key, 0) + 1
+        if attempts[task.key] <= config.max_retries:
+            queue.append(task)
+        else:
+            attempts[task.key] -= 1  # the record counts attempts made, not retries granted
+            finish(
+                {
+                    "key": task.key,
+                    "source": task.source,
+                    "destination": task.destination,
+                    "version": task.version,
+                    "status": "failed",
+                    "error": error,
+                }
+            )
+
+    try:
+        while queue or in_flight:
+            while queue and idle:
+                actor, task = idle.pop(), queue.popleft()
+                attempt = storage.join_uri(staging, uuid.uuid4().hex)
+                in_flight[actor.deblur.remote(task, storage.join_uri(attempt, task.key))] = (actor, task, attempt)
+            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
+            actor, task, attempt = in_flight.pop(ref)
+            try:
+                finish(ray.get(ref))
+                idle.append(actor)
+            except RayActorError as error:
+                # The actor (or its node) died mid-video: its partial upload goes, a new actor
+                # takes its place, and the video starts again from its first frame.
+                storage.delete_prefix(attempt)
+                ray.kill(actor)
+                idle.append(start_actor())
+                retry_or_fail(task, f"actor died: {str(error).splitlines()[0]}")
+            except RayTaskError as error:
+                idle.append(actor)
+                cause = error.cause if getattr(error, "cause", None) is not None else error
+                retry_or_fail(task, f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+    finally:
+        if bar is not None:
+            bar.close()
+        for actor in idle + [a for a, _, _ in in_flight.values()]:
+            ray.kill(actor)
+        storage.delete_prefix(staging)
+
+    everything = sorted(done + records, key=lambda r: r["key"])
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "input": input_prefix,
+        "output": output_prefix,
+        "config": asdict(config),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "summary": {s: sum(r["status"] == s for r in everything) for s in ("ok", "failed")},
+        "videos": everything,
+    }
+    manifest_uri = _control(output_prefix, "manifest.json")
+    storage.write_bytes(manifest_uri, json.dumps(manifest, indent=1).encode(), content_type="application/json")
+    return BatchRun(
+        manifest_uri=manifest_uri,
+        planned=tasks,
+        records=everything,
+        processed=len(records),
+        seconds=time.perf_counter() - started,
+    )

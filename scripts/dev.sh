@@ -30,6 +30,20 @@ setup() {
     echo "$want" > "$stamp"
 }
 
+# The browser tests drive Debian's chromium (Playwright's own browser download does not work here).
+ensure_chromium() {
+    if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+        return
+    fi
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing Debian's chromium for the browser tests"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+    else
+        echo "==> chromium not found: the browser tests will fail (install Debian's chromium package)" >&2
+    fi
+}
+
 cmd="${1:-test}"
 shift || true
 case "$cmd" in
@@ -38,6 +52,7 @@ case "$cmd" in
         ;;
     test)
         setup
+        ensure_chromium
         echo "==> ruff"
         "$venv/bin/ruff" check .
         echo "==> pytest"

@@ -15,6 +15,12 @@ from deblur.storage import ensure_bucket
 from media import write_test_video
 from tiny import tiny_model
 
+SESSION_TIMEOUT_S = 4.0  # of the test endpoint's sessions
+
+# An endpoint configured with api_key_env=TEST_API_KEY_ENV requires this key.
+TEST_API_KEY_ENV = "DEBLUR_TEST_API_KEY"
+TEST_API_KEY = "test-key-0123456789"
+
 
 @pytest.fixture
 def make_video(tmp_path: Path) -> Callable[..., Path]:
@@ -65,11 +71,69 @@ def s3_bucket(local_s3: LocalS3Server) -> str:
 
 @pytest.fixture(scope="session")
 def ray_session(local_s3: LocalS3Server) -> Iterator[None]:
-    """One local Ray instance per test session (starting one costs 3-4 s on this machine)."""
+    """One local Ray instance per test session (starting one costs 3-4 s on this machine).
+
+    Workers inherit this process's environment, so the endpoint tests' API key is set here.
+    """
     import ray
 
+    os.environ[TEST_API_KEY_ENV] = TEST_API_KEY
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def test_api_key() -> tuple[str, str]:
+    """(name of the env var, key) that Ray workers of this session see."""
+    return TEST_API_KEY_ENV, TEST_API_KEY
+
+
+@pytest.fixture(scope="module")
+def serve_endpoint(
+    tmp_path_factory: pytest.TempPathFactory, local_s3: object, test_api_key: tuple[str, str]
+) -> Iterator[dict]:
+    """The endpoint on the session's Ray, twice: open at /, with an API key at /keyed.
+
+    A tiny model, small limits (2 MB uploads, 320x240 frames) and a short session timeout, so that
+    every limit can be tested with small inputs; jobs may use s3://serve-allowed/jobs only.
+    """
+    import torch
+    from ray import serve
+
+    from deblur.local_s3 import find_free_port
+    from deblur.serving import build_app
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path_factory.mktemp("serve") / "tiny.safetensors"
+    save_checkpoint(tiny_model(), checkpoint)
+    bucket = "s3://serve-allowed"
+    ensure_bucket(bucket)
+    ensure_bucket("s3://serve-other")
+    port = find_free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    common = {
+        "checkpoint": str(checkpoint),
+        "device": "cpu",
+        "session_cpus": 0.25,
+        "session_timeout_s": SESSION_TIMEOUT_S,
+        "max_upload_mb": 2,
+        "max_width": 320,
+        "max_height": 240,
+        "allowed_prefixes": [f"{bucket}/jobs"],
+    }
+    serve.run(build_app(common), name="deblur", route_prefix="/")
+    env, key = test_api_key
+    serve.run(build_app({**common, "api_key_env": env}), name="keyed", route_prefix="/keyed")
+    try:
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "checkpoint": checkpoint,
+            "bucket": bucket,
+            "key": key,
+            "session_timeout_s": SESSION_TIMEOUT_S,
+        }
+    finally:
+        serve.shutdown()

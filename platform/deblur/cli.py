@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["main"]
 
@@ -195,6 +199,47 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return 1 if run.summary["failed"] else 0
 
 
+def _cmd_stream(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from deblur.client import DeblurClient
+    from deblur.video import probe_video, read_frames, write_video
+
+    source = Path(args.input)
+    if not source.exists():
+        raise UsageError(f"{source}: no such file")
+    info = probe_video(source)
+    with DeblurClient(args.url, api_key=args.api_key) as client:
+        if args.whole:
+            frames = client.deblur_video(source, args.output, lossless=args.lossless)
+            print(f"{args.output}: {frames} frames (whole-video upload)", file=sys.stderr)
+            return 0
+        bar = tqdm(total=info.frames, unit="frame", desc=source.name, disable=args.quiet, file=sys.stderr)
+
+        def frames_in() -> Iterator[np.ndarray]:
+            for frame in read_frames(source):
+                bar.update(1)
+                yield frame
+
+        if args.websocket:
+            out = client.stream(frames_in(), fmt=args.format)
+        else:
+
+            def over_http() -> Iterator[np.ndarray]:
+                session = client.session(fmt=args.format)
+                for frame in frames_in():
+                    yield from session.push(frame)
+                yield from session.close()
+
+            out = over_http()
+        from deblur.video import EncoderOptions
+
+        count = write_video(args.output, out, fps=info.fps, encoder=EncoderOptions(lossless=args.lossless))
+        bar.close()
+    print(f"{args.output}: {count} frames deblurred through a live session at {args.url}", file=sys.stderr)
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -309,6 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("-q", "--quiet", action="store_true")
     batch.set_defaults(func=_cmd_batch)
 
+    stream = sub.add_parser("stream", help="deblur a video through the HTTP endpoint, frame by frame (live session)")
+    stream.add_argument("input", help="a local video file")
+    stream.add_argument("-o", "--output", required=True, help="output video file")
+    stream.add_argument("--url", default="http://127.0.0.1:8000", help="endpoint (http://127.0.0.1:8000)")
+    stream.add_argument("--api-key", help="API key (default: $DEBLUR_API_KEY)")
+    stream.add_argument("--websocket", action="store_true", help="stream over the session's WebSocket")
+    stream.add_argument("--format", choices=["raw", "png"], default="raw", help="how frames travel (raw)")
+    stream.add_argument("--whole", action="store_true", help="upload the whole file instead of a live session")
+    stream.add_argument("--lossless", action="store_true", help="RGB H.264 at QP 0")
+    stream.add_argument("-q", "--quiet", action="store_true")
+    stream.set_defaults(func=_cmd_stream)
+
     tune = sub.add_parser("tune", help="Ray Tune sweep (default: Table 1's variants x m), ASHA early stopping")
     tune.add_argument("dataset", help="output prefix of `deblur synth`")
     tune.add_argument("--storage", required=True, help="where trials and checkpoints go: directory or s3://")
@@ -347,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from deblur.batch import BatchError
     from deblur.checkpoint import CheckpointError
+    from deblur.client import EndpointError
     from deblur.storage import StorageError
     from deblur.train import TrainingError
     from deblur.video import VideoError
@@ -354,7 +412,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (UsageError, CheckpointError, VideoError, StorageError, TrainingError, BatchError, ValueError) as exc:
+    except (
+        UsageError,
+        CheckpointError,
+        VideoError,
+        StorageError,
+        TrainingError,
+        BatchError,
+        EndpointError,
+        ValueError,
+    ) as exc:
         print(f"deblur: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

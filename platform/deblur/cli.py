@@ -275,12 +275,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from deblur.bench import run_data_benchmark
+    from deblur import bench
 
     if args.what == "data":
-        run_data_benchmark(
-            videos=args.videos, seconds=args.seconds, width=args.width, height=args.height, cache=args.cache
+        bench.run_data_benchmark(
+            videos=args.videos,
+            seconds=args.seconds,
+            width=args.width or 640,
+            height=args.height or 360,
+            cache=args.cache,
         )
+    elif args.what == "batch":
+        size = {"width": args.width or 320, "height": args.height or 240}
+        bench.run_batch_benchmark(videos=args.videos, cache=args.cache, **size)
+    elif args.what == "serve":
+        bench.run_serve_benchmark(width=args.width or 320, height=args.height or 240, cache=args.cache)
+    elif args.what == "train":
+        bench.run_train_benchmark(cache=args.cache)
     return 0
 
 
@@ -391,11 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_evaluate)
 
     bench = sub.add_parser("bench", help="measure and print speeds on this machine")
-    bench.add_argument("what", choices=["data"], help="data: decode vs Ray Data synthesis, 1 and 2 workers")
+    bench.add_argument(
+        "what",
+        choices=["data", "batch", "serve", "train"],
+        help="data: synthesis vs decode; batch: 1 vs 2 actors; serve: session latency; train: samples/s",
+    )
     bench.add_argument("--videos", type=int, default=4)
-    bench.add_argument("--seconds", type=float, default=4.0)
-    bench.add_argument("--width", type=int, default=640)
-    bench.add_argument("--height", type=int, default=360)
+    bench.add_argument("--seconds", type=float, default=4.0, help="data: length of each corpus video")
+    bench.add_argument("--width", type=int, help="frame width (data 640, batch/serve 320)")
+    bench.add_argument("--height", type=int, help="frame height (data 360, batch/serve 240)")
     bench.add_argument("--cache", help="directory to keep the generated corpus between runs")
     bench.set_defaults(func=_cmd_bench)
     return parser

@@ -19,5 +19,6 @@ def connect_ray(*, num_cpus: int | None = None) -> Any:
         if os.environ.get("RAY_ADDRESS"):
             ray.init()
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            # Worker output (training progress lines, errors) is shown where the command runs.
+            ray.init(num_cpus=num_cpus, include_dashboard=False)
     return ray

@@ -12,39 +12,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from deblur.checkpoint import bundled_checkpoint_path
+from deblur.local_s3 import local_object_store
 
 BUCKET = "s3://deblur-demo"
-
-
-@contextlib.contextmanager
-def _object_store() -> Iterator[str]:
-    """The configured S3 endpoint, or a local server started for the duration of the demo."""
-    from deblur.local_s3 import LocalS3Server
-    from deblur.storage import ENDPOINT_ENV
-
-    if os.environ.get(ENDPOINT_ENV):
-        yield os.environ[ENDPOINT_ENV]
-        return
-    with LocalS3Server() as server:
-        saved = {k: os.environ.get(k) for k in server.environment()}
-        os.environ.update(server.environment())
-        try:
-            yield server.endpoint_url
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 def make_sample(
@@ -98,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     h, w = blurry[0].shape[:2]
     print(f"    {len(blurry)} frames of {w}x{h} at {fps:g} fps -> {out / 'sample_blurry.mp4'}")
 
-    with _object_store() as endpoint:
+    with local_object_store() as endpoint:
         print(f"2/4 object store at {endpoint}; starting Ray ...")
         ray = connect_ray(num_cpus=os.cpu_count())
         print(f"    Ray {ray.__version__}, resources {ray.cluster_resources()}")

@@ -10,6 +10,7 @@ use only, never a place for data you want to keep.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from types import TracebackType
 
 from deblur.storage import ENDPOINT_ENV
@@ -87,6 +89,27 @@ class LocalS3Server:
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def local_object_store(*, reuse: bool = True) -> Iterator[str]:
+    """Yield an S3 endpoint URL: the configured one (``DEBLUR_S3_ENDPOINT``) when ``reuse``, else a
+    local server started for the block, with its settings in ``os.environ`` meanwhile (so that Ray
+    workers started inside the block reach it too)."""
+    if reuse and os.environ.get(ENDPOINT_ENV):
+        yield os.environ[ENDPOINT_ENV]
+        return
+    with LocalS3Server() as server:
+        saved = {k: os.environ.get(k) for k in server.environment()}
+        os.environ.update(server.environment())
+        try:
+            yield server.endpoint_url
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def main(argv: list[str] | None = None) -> int:

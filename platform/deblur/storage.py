@@ -113,11 +113,18 @@ def s3_client() -> Any:
     return _boto3_client(S3Settings.from_env())
 
 
+# Credential sources whose keys do not expire; pyarrow gets these passed explicitly. Anything else
+# (instance roles, IRSA web identity, SSO, assumed roles) hands out temporary keys that a frozen
+# copy would outlive: pyarrow then resolves them itself through the AWS SDK's default chain, which
+# refreshes them, so a days-long training run does not fail at a checkpoint upload.
+_STATIC_CREDENTIALS = {"env", "explicit", "shared-credentials-file", "config-file"}
+
+
 def _resolve_credentials() -> tuple[str | None, str | None, str | None]:
     import boto3
 
     credentials = boto3.session.Session().get_credentials()
-    if credentials is None:
+    if credentials is None or getattr(credentials, "method", "env") not in _STATIC_CREDENTIALS:
         return None, None, None
     frozen = credentials.get_frozen_credentials()
     return frozen.access_key, frozen.secret_key, frozen.token

@@ -378,6 +378,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 if key != "step":
                     writer.add_scalar(key, value, step)
             writer.flush()
+            # One line per log step in the job's output (Ray forwards worker stdout to the driver).
+            shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("step", "start_step"))
+            print(f"[train] step {step}/{config.steps} {shown}", flush=True)
         if save_now:
             with tempfile.TemporaryDirectory(prefix="deblur-ckpt-") as directory:
                 if rank == 0:

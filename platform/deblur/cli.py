@@ -49,7 +49,9 @@ def _cmd_video(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        result = deblur_file(source, destination, model, device=args.device, encoder=encoder, on_frame=progress)
+        result = deblur_file(
+            source, destination, model, device=args.device, encoder=encoder, on_frame=progress, precision=args.precision
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -260,7 +262,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 )
 
         reports.append(
-            evaluate_model(loaded.model, args.dataset, device=args.device, limit=args.limit, label=label, on_clip=show)
+            evaluate_model(
+                loaded.model,
+                args.dataset,
+                device=args.device,
+                limit=args.limit,
+                label=label if args.precision == "fp32" else f"{label} {args.precision}",
+                on_clip=show,
+                precision=args.precision,
+            )
         )
     written = write_reports(reports, args.out)
     for report in reports:
@@ -310,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("-o", "--output", required=True, help="output video file (.mp4, .mov, .mkv)")
     video.add_argument("--checkpoint", help="model checkpoint (.safetensors); default: the bundled model")
     video.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    video.add_argument(
+        "--precision",
+        choices=["fp32", "int8", "bf16", "fp16"],
+        default="fp32",
+        help="fp32; int8 (CPU, x86 quantized kernels); fp16 (CUDA); bf16",
+    )
     video.add_argument("--lossless", action="store_true", help="lossless RGB H.264 (large files)")
     video.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
     video.add_argument("--preset", default="medium", help="x264 speed preset (default medium)")
@@ -398,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--out", default="eval-report", help="where the report goes (./eval-report)")
     evaluate.add_argument("--limit", type=int, help="score only the first N clips")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
+    evaluate.add_argument("--precision", choices=["fp32", "int8", "bf16", "fp16"], default="fp32")
     evaluate.add_argument("-q", "--quiet", action="store_true")
     evaluate.set_defaults(func=_cmd_evaluate)
 

@@ -158,6 +158,7 @@ def evaluate_model(
     label: str | None = None,
     ssim: bool = True,
     on_clip: Callable[[ClipScore], None] | None = None,
+    precision: str = "fp32",
 ) -> EvaluationReport:
     """Score ``model`` on the evaluation clips of a ``deblur synth`` output prefix.
 
@@ -172,9 +173,13 @@ def evaluate_model(
     if not clips:
         raise ValueError(f"{dataset}: the dataset has no evaluation clips (see its manifest.json)")
     was_training = model.training
+    if precision == "int8":
+        from deblur.quantize import quantize_model
+
+        model = quantize_model(model)  # once, not per clip
     report = EvaluationReport(model=label or model.config.variant, dataset=dataset)
     for clip in clips[:limit]:
-        engine = OnlineDeblurrer(model, device=device)
+        engine = OnlineDeblurrer(model, device=device, precision=precision)
         with storage.open_input(clip["blurry"]) as bf, storage.open_input(clip["sharp"]) as sf:
             blurry = list(read_frames(bf, name=clip["blurry"]))
             sharp = list(read_frames(sf, name=clip["sharp"]))

@@ -40,13 +40,14 @@ def deblur_file(
     encoder: EncoderOptions | None = None,
     on_frame: Callable[[int, VideoInfo], None] | None = None,
     name: str | None = None,
+    precision: str = "fp32",
 ) -> DeblurResult:
     """Deblur ``source`` into ``destination`` (written atomically), one frame at a time.
 
     ``name`` is what error messages call the source (default: its path).
     """
     start = time.perf_counter()
-    engine = OnlineDeblurrer(model, device=device)
+    engine = OnlineDeblurrer(model, device=device, precision=precision)
     result: TransformResult = transform_video(
         source, destination, engine, encoder=encoder, on_frame=on_frame, name=name
     )

@@ -1,0 +1,38 @@
+"""Reduced-precision inference: the int8 model follows the fp32 one; precisions are checked per device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deblur.engine import OnlineDeblurrer, deblur_frames
+from deblur.quantize import calibration_windows, quantize_model
+from media import pattern_frame
+from tiny import tiny_model
+
+
+def test_int8_model_stays_close_to_fp32_and_keeps_the_interface() -> None:
+    torch.manual_seed(0)
+    model = tiny_model(width=16, feature_channels=8)
+    windows = calibration_windows(model, frames=4, size=(48, 64))
+    quantized = quantize_model(model, calibration=windows)
+    assert quantized.quantized and not getattr(model, "quantized", False)  # the original is untouched
+    frames = [pattern_frame(i, 40, 30) for i in range(6)]
+    fp32 = np.stack(list(deblur_frames(model, frames, device="cpu")))
+    int8 = np.stack(list(deblur_frames(quantized, frames, device="cpu", precision="int8")))
+    assert int8.shape == fp32.shape and int8.dtype == np.uint8
+    mse = np.mean((int8.astype(float) - fp32.astype(float)) ** 2)
+    assert 10 * np.log10(255**2 / max(mse, 1e-12)) > 35  # within quantization noise of fp32
+    assert not np.array_equal(int8, fp32)  # and it really ran the int8 kernels
+
+
+def test_precisions_are_checked_against_the_device() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match="unknown precision 'int4'"):
+        OnlineDeblurrer(model, device="cpu", precision="int4")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        OnlineDeblurrer(model, device="cpu", precision="fp16")
+    frames = [pattern_frame(i, 16, 16) for i in range(3)]
+    bf16 = list(deblur_frames(model, frames, device="cpu", precision="bf16"))
+    assert len(bf16) == 3 and bf16[0].dtype == np.uint8

@@ -4,6 +4,7 @@ deblur bench data     high-speed frames/s: decode only, then Ray Data synthesis 
 deblur bench batch    archive deblurring: videos/s and frames/s with 1 and 2 actors
 deblur bench serve    live sessions: per-frame latency p50/p99 for K concurrent sessions, overhead
 deblur bench train    Ray Train: samples/s and GFLOP/s with 1 and 2 workers
+deblur bench perf     all of it against the device's limit (roofline), as a table
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "describe_machine",
     "run_batch_benchmark",
     "run_data_benchmark",
+    "run_perf_benchmark",
     "run_serve_benchmark",
     "run_train_benchmark",
 ]
@@ -376,3 +378,221 @@ def run_train_benchmark(
         finally:
             ray.shutdown()
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Performance: the device's limit, the model against it, the whole pipeline against the model
+# ---------------------------------------------------------------------------------------------
+
+
+def _best_rate(fn: Callable[[], None], flops: float, *, repeats: int = 5, min_time: float = 0.5) -> float:
+    """Best GFLOP/s of ``fn`` over ``repeats`` timed batches of at least ``min_time`` seconds."""
+    fn()  # warm-up: allocations, kernel selection
+    best = 0.0
+    for _ in range(repeats):
+        count, started = 0, time.perf_counter()
+        while True:
+            fn()
+            count += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= min_time:
+                break
+        best = max(best, flops * count / elapsed / 1e9)
+    return best
+
+
+def measure_roofline(echo: Callable[[str], None] = print) -> dict[str, float]:
+    """The device's practical fp32 limit: a large matrix multiply and a 3x3 64->64 convolution."""
+    import torch
+    import torch.nn.functional as F
+
+    results: dict[str, float] = {}
+    with torch.inference_mode():
+        for n in (1024, 2048, 4096):
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            results[f"matmul_{n}"] = _best_rate(lambda a=a, b=b: torch.mm(a, b), 2 * n**3)
+        weight = torch.randn(64, 64, 3, 3)
+        for layout, fmt in (("nchw", torch.contiguous_format), ("nhwc", torch.channels_last)):
+            x = torch.randn(1, 64, 240, 320).contiguous(memory_format=fmt)
+            w = weight.contiguous(memory_format=fmt)
+            flops = 2 * 64 * 64 * 9 * 240 * 320
+            results[f"conv3x3_{layout}"] = _best_rate(lambda x=x, w=w: F.conv2d(x, w, padding=1), flops)
+    matmul = max(v for k, v in results.items() if k.startswith("matmul"))
+    conv = max(v for k, v in results.items() if k.startswith("conv"))
+    results["roofline"] = max(matmul, conv)
+    echo(
+        f"limit: fp32 matmul {matmul:.0f} GFLOP/s (best of 1024..4096), 3x3 conv 64->64 at 320x240 "
+        f"{results['conv3x3_nchw']:.0f} (NCHW) / {results['conv3x3_nhwc']:.0f} (channels-last) GFLOP/s; "
+        f"roofline {results['roofline']:.0f} GFLOP/s"
+    )
+    return results
+
+
+def measure_model(model: Any, *, width: int, height: int, frames: int = 6, precision: str = "fp32") -> dict[str, float]:
+    """The model's step alone (no conversion, no I/O): fps and GFLOP/s at one frame size."""
+    import torch
+
+    from deblur.engine import OnlineDeblurrer
+    from deblur.model import count_macs_per_pixel
+
+    engine = OnlineDeblurrer(model, device="cpu", precision=precision)
+    net = engine.model
+    window = torch.rand(1, model.config.num_frames, 3, height, width).contiguous()
+    with torch.inference_mode():
+        state = net.init_state(1, height, width)
+        _, state = net.step(window, state)  # warm-up, and the steady state (n > 0) is what counts
+        times = []
+        for _ in range(frames):
+            started = time.perf_counter()
+            _, state = net.step(window, state)
+            times.append(time.perf_counter() - started)
+    seconds = sorted(times)[len(times) // 2]
+    macs = count_macs_per_pixel(model)
+    gflop = 2 * macs * width * height / 1e9
+    return {"fps": 1 / seconds, "gflops": gflop / seconds, "gflop_per_frame": gflop, "seconds": seconds}
+
+
+def _peak_rss_of(code: str) -> float:
+    """Peak resident memory (MiB) of a fresh Python process running ``code``."""
+    import json
+    import subprocess
+    import sys
+
+    wrapped = code + "\nimport resource, json\nprint(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
+    out = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def run_perf_benchmark(
+    *,
+    quick: bool = False,
+    cache: str | None = None,
+    readme: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """``deblur bench perf``: every figure of the performance issue, in one run, with the machine.
+
+    ``readme`` rewrites the table between ``<!-- bench:perf:begin -->`` and ``<!-- bench:perf:end -->``
+    of that file with the figures of this run.
+    """
+    import torch
+
+    from deblur.checkpoint import load_model
+    from deblur.inference import deblur_file
+    from deblur.video import EncoderOptions
+
+    machine = describe_machine()
+    echo(f"machine: {machine}; torch threads {torch.get_num_threads()}")
+    directory = Path(cache or tempfile.mkdtemp(prefix="deblur-bench-perf-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpoint = _bench_model_path(directory)
+    rows: list[tuple[str, str, str]] = []  # (figure, value, goal)
+    results: dict[str, Any] = {"machine": machine}
+
+    limit = measure_roofline(echo)
+    roofline = limit["roofline"]
+    results["roofline"] = limit
+    rows.append(("roofline (best of fp32 matmul, 3x3 conv)", f"{roofline:.0f} GFLOP/s", ""))
+
+    model = load_model(checkpoint)
+    for width, height in ((640, 480), (1280, 720)):
+        fig = measure_model(model, width=width, height=height, frames=3 if quick else 6)
+        results[f"model_{width}x{height}"] = fig
+        ratio = fig["gflops"] / roofline
+        echo(
+            f"model alone, fp32, {width}x{height}: {fig['fps']:.2f} fps, {fig['gflops']:.0f} GFLOP/s "
+            f"({fig['gflop_per_frame']:.0f} GFLOP/frame), {ratio:.0%} of the roofline"
+        )
+        rows.append((f"model alone fp32 {width}x{height}", f"{fig['fps']:.2f} fps, {ratio:.0%} of roofline", ">= 90%"))
+    model_vga = results["model_640x480"]
+
+    # Reduced precision: speed and PSNR change against fp32 on the same frames.
+    int8 = measure_model(model, width=640, height=480, frames=3 if quick else 6, precision="int8")
+    speedup = int8["fps"] / model_vga["fps"]
+    results["int8_640x480"] = {**int8, "speedup": speedup}
+    echo(f"model alone, int8, 640x480: {int8['fps']:.2f} fps, {speedup:.2f}x fp32")
+    rows.append(("int8 speed-up over fp32, 640x480", f"{speedup:.2f}x", ">= 2x"))
+
+    # A whole file at 640x480: decode, model, encode.
+    video = _bench_videos(directory, videos=1, frames=8 if quick else 24, width=640, height=480)[0]
+    out = directory / "out.mp4"
+    result = deblur_file(video, out, load_model(checkpoint), device="cpu", encoder=EncoderOptions())
+    file_ratio = result.fps / model_vga["fps"]
+    results["file_640x480"] = {"fps": result.fps, "ratio": file_ratio}
+    echo(f"whole file 640x480 (decode, model, encode): {result.fps:.2f} fps, {file_ratio:.0%} of the model alone")
+    rows.append(("whole file 640x480 vs model alone", f"{result.fps:.2f} fps, {file_ratio:.0%}", ">= 90%"))
+
+    # Memory against video length: the same content, 100 and 1000 frames, fresh processes.
+    peaks = {}
+    for n in (100, 1000):
+        clip = _bench_videos(directory / f"len{n}", videos=1, frames=n, width=160, height=120)[0]
+        code = (
+            "import torch\ntorch.set_num_threads(2)\n"
+            "from deblur.checkpoint import load_model\nfrom deblur.inference import deblur_file\n"
+            f"deblur_file({str(clip)!r}, {str(directory / f'len{n}.mp4')!r}, load_model({checkpoint!r}), device='cpu')"
+        )
+        peaks[n] = _peak_rss_of(code)
+    growth = peaks[1000] / peaks[100] - 1
+    results["memory"] = {"peak_mib_100": peaks[100], "peak_mib_1000": peaks[1000], "growth": growth}
+    echo(f"peak memory, 160x120: 100 frames {peaks[100]:.0f} MiB, 1000 frames {peaks[1000]:.0f} MiB ({growth:+.1%})")
+    rows.append(
+        ("peak memory 1000 vs 100 frames", f"{peaks[100]:.0f} -> {peaks[1000]:.0f} MiB ({growth:+.1%})", "within 5%")
+    )
+
+    # The paper's Table 2 row: 100 frames of 1280x720 (model only; the paper times its network too).
+    hd = results["model_1280x720"]
+    results["hd_100_frames_s"] = 100 * hd["seconds"]
+    echo(f"100 frames at 1280x720: {100 * hd['seconds']:.0f} s (paper: ~12.6 s on a GTX 1080)")
+    rows.append(("100 frames 1280x720 (Table 2)", f"{100 * hd['seconds']:.0f} s", "paper: 12.6 s on GPU"))
+
+    if not quick:
+        train = run_train_benchmark(cache=str(directory / "train"), echo=echo)
+        for workers, fig in train.items():
+            ratio = fig["gflops"] / roofline
+            rows.append(
+                (
+                    f"training, {workers} worker(s)",
+                    f"{fig['samples_per_s']:.2f} samples/s, {ratio:.0%} of roofline",
+                    ">= 80%",
+                )
+            )
+        batch = run_batch_benchmark(cache=str(directory / "batch"), echo=echo)
+        for actors, fig in batch.items():
+            rows.append((f"batch 320x240, {actors} actor(s)", f"{fig['frames_per_s']:.2f} frames/s", ""))
+        serve = run_serve_benchmark(cache=str(directory / "serve"), sessions=(1, 2), echo=echo)
+        for k in (1, 2):
+            fig = serve[k]
+            rows.append(
+                (
+                    f"serving 320x240, {k} session(s)",
+                    f"p50 {fig['p50_ms']:.0f} ms, p99 {fig['p99_ms']:.0f} ms "
+                    f"(+{fig['p50_ms'] - serve['bare_ms']:.0f} ms over the model)",
+                    "",
+                )
+            )
+        results.update(train=train, batch=batch, serve=serve)
+
+    table = "\n".join(
+        [
+            f"Measured by `deblur bench perf` on {time.strftime('%Y-%m-%d')}: {machine}.",
+            "",
+            "| figure | measured | goal |",
+            "|---|---|---|",
+            *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        ]
+    )
+    echo("\n" + table)
+    results["table"] = table
+    if readme:
+        _replace_between(Path(readme), "<!-- bench:perf:begin -->", "<!-- bench:perf:end -->", table)
+        echo(f"table written into {readme}")
+    return results
+
+
+def _replace_between(path: Path, begin: str, end: str, content: str) -> None:
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise ValueError(f"{path}: markers {begin} and {end} not found")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{content}\n{end}{tail}")

@@ -302,6 +302,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         bench.run_serve_benchmark(width=args.width or 320, height=args.height or 240, cache=args.cache)
     elif args.what == "train":
         bench.run_train_benchmark(cache=args.cache)
+    elif args.what == "perf":
+        bench.run_perf_benchmark(quick=args.quick, cache=args.cache, readme=args.readme)
     return 0
 
 
@@ -421,9 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure and print speeds on this machine")
     bench.add_argument(
         "what",
-        choices=["data", "batch", "serve", "train"],
-        help="data: synthesis vs decode; batch: 1 vs 2 actors; serve: session latency; train: samples/s",
+        choices=["data", "batch", "serve", "train", "perf"],
+        help="data: synthesis vs decode; batch: 1 vs 2 actors; serve: session latency; train: samples/s; "
+        "perf: all against the device's limit",
     )
+    bench.add_argument("--quick", action="store_true", help="perf: model, file and memory figures only")
+    bench.add_argument("--readme", help="perf: write the table between the bench markers of this file")
     bench.add_argument("--videos", type=int, default=4)
     bench.add_argument("--seconds", type=float, default=4.0, help="data: length of each corpus video")
     bench.add_argument("--width", type=int, help="frame width (data 640, batch/serve 320)")

@@ -117,3 +117,25 @@ def _download(uri: str) -> Path:
     path = Path(tempfile.mkdtemp()) / "state.pt"
     storage.download_file(uri, path)
     return path
+
+
+def test_tune_sweeps_variants_as_train_runs_and_tabulates(dataset: str, s3_bucket: str) -> None:
+    from deblur.train import run_tuning
+
+    base = _tiny(steps=4, checkpoint_every=2, eval_every=2, log_every=2)
+    result = run_tuning(
+        base,
+        dataset=dataset,
+        storage_path=f"{s3_bucket}/tune",
+        name="sweep",
+        space={"variant": ["cnn", "strcnn_dtb"], "lr": [1e-3]},
+        grace_steps=2,
+    )
+    assert sorted(row["variant"] for row in result.rows) == ["cnn", "strcnn_dtb"]
+    for row in result.rows:
+        assert row["error"] is None and row["val_psnr"] is not None and row["step"] in (2, 4)
+    assert result.rows[0]["val_psnr"] >= result.rows[1]["val_psnr"]  # best first
+    assert "| variant | lr | steps | val PSNR |" in result.table
+    # Each trial was a Ray Train run with its own checkpoints in object storage.
+    runs = {uri.split("/")[4] for uri in storage.list_files(f"{s3_bucket}/tune") if uri.endswith("model.safetensors")}
+    assert len(runs) == 2 and all(r.startswith("sweep-") for r in runs)

@@ -4,7 +4,7 @@ Per step: a batch of 13-frame sequences (128x128 crops, state starting at zero f
 the recurrent model unrolled over the whole sequence with gradients through every step, and the
 loss of Eq. 4,
 
-    L = 1/N sum_n ||L_n - S_n||^2  +  lambda ||W||^2          (lambda = 1e-5)
+    L = sum_n 1/N ||L_n - S_n||^2  +  lambda ||W||^2          (lambda = 1e-5, N = pixels per frame)
 
 where ||W||^2 sums the squares of every convolution weight (biases and beta are not decayed).
 Adam at 1e-4, multiplied by 0.96 every 10k steps.
@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deblur.model import DeblurNet, ModelConfig, build_model
@@ -150,14 +149,24 @@ def weight_norm(model: nn.Module) -> Tensor:
 def compute_loss(model: nn.Module, blurry: Tensor, sharp: Tensor, *, weight_decay: float) -> tuple[Tensor, Tensor]:
     """Eq. 4 over a batch of sequences: (loss, mse).
 
+        E = sum_n 1/N_mse ||S_n - L_n||^2 + lambda ||W||^2
+
+    taken literally: the squared error of each output frame (summed over its colour channels) per
+    pixel, summed over the frames of the sequence, averaged over the batch. The scale matters:
+    against a plain mean over frames and channels the data term would be 3 (F - 2m) times smaller
+    and lambda = 1e-5 would dominate the loss at initialisation (||W||^2 is a few hundred), so the
+    network would first learn to shrink its weights. ``mse`` is the plain per-value mean, for PSNR.
+
     blurry, sharp: (B, F, 3, H, W) in [0, 1]. The model deblurs frames m..F-1-m (those with a whole
     window inside the sequence), the state starting at zero.
     """
     core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     m = core.m
     outputs = model(blurry)  # (B, F-2m, 3, H, W)
-    mse = F.mse_loss(outputs.float(), sharp[:, m : sharp.shape[1] - m].float())
-    return mse + weight_decay * weight_norm(core), mse
+    squared = (outputs.float() - sharp[:, m : sharp.shape[1] - m].float()) ** 2
+    b, _, _, h, w = squared.shape
+    data = squared.sum() / (b * h * w)  # sum over frames and channels, mean over pixels and batch
+    return data + weight_decay * weight_norm(core), squared.mean()
 
 
 def to_model_input(frames: Tensor | np.ndarray, device: torch.device) -> Tensor:

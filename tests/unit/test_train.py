@@ -37,10 +37,15 @@ def test_eq4_is_mse_plus_lambda_weight_norm() -> None:
     model = tiny_model()
     blurry, sharp = torch.rand(2, 5, 3, 16, 16), torch.rand(2, 5, 3, 16, 16)
     loss, mse = compute_loss(model, blurry, sharp, weight_decay=1e-5)
-    expected_mse = torch.mean((model(blurry) - sharp[:, 1:4]) ** 2)
+    squared = (model(blurry) - sharp[:, 1:4]) ** 2  # (B, 3 frames, 3, H, W)
+    expected_mse = torch.mean(squared)
     torch.testing.assert_close(mse, expected_mse)
+    # Eq. 4 literally: per frame, the squared error summed over channels per pixel; summed over frames.
+    b, frames, channels, h, w = squared.shape
+    data_term = sum(squared[i, n].sum() / (h * w) for i in range(b) for n in range(frames)) / b
     conv_weights = [p for n, p in model.named_parameters() if n.endswith("weight") and p.ndim == 4]
-    torch.testing.assert_close(loss, mse + 1e-5 * sum((w**2).sum() for w in conv_weights))
+    torch.testing.assert_close(loss, data_term + 1e-5 * sum((w**2).sum() for w in conv_weights))
+    torch.testing.assert_close(data_term, mse * frames * channels)
     # beta and biases are not decayed
     assert all(p.ndim == 4 for n, p in model.named_parameters() if n.endswith("weight"))
     assert weight_norm(model) > 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deblur.checkpoint import save_checkpoint
-from deblur.local_s3 import LocalS3Server
+from deblur.local_s3 import LocalS3Server, exported
 from deblur.storage import ensure_bucket
 from media import write_test_video
 from tiny import tiny_model
@@ -48,17 +48,8 @@ def local_s3() -> Iterator[LocalS3Server]:
     Its settings go into os.environ so that boto3, pyarrow (through deblur.storage) and the
     workers of a Ray instance started afterwards all reach it.
     """
-    with LocalS3Server() as server:
-        saved = {k: os.environ.get(k) for k in server.environment()}
-        os.environ.update(server.environment())
-        try:
-            yield server
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    with LocalS3Server() as server, exported(server.environment()):
+        yield server
 
 
 @pytest.fixture

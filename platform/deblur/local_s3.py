@@ -92,24 +92,29 @@ class LocalS3Server:
 
 
 @contextlib.contextmanager
+def exported(variables: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``variables`` set for the block (Ray workers started inside inherit them)."""
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
 def local_object_store(*, reuse: bool = True) -> Iterator[str]:
     """Yield an S3 endpoint URL: the configured one (``DEBLUR_S3_ENDPOINT``) when ``reuse``, else a
-    local server started for the block, with its settings in ``os.environ`` meanwhile (so that Ray
-    workers started inside the block reach it too)."""
+    local server started for the block, with its settings in ``os.environ`` meanwhile."""
     if reuse and os.environ.get(ENDPOINT_ENV):
         yield os.environ[ENDPOINT_ENV]
         return
-    with LocalS3Server() as server:
-        saved = {k: os.environ.get(k) for k in server.environment()}
-        os.environ.update(server.environment())
-        try:
-            yield server.endpoint_url
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    with LocalS3Server() as server, exported(server.environment()):
+        yield server.endpoint_url
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,6 +78,7 @@ class ServingConfig:
     max_width: int = 3840
     max_height: int = 2160
     session_timeout_s: float = 300.0
+    upload_timeout_s: float = 60.0  # an upload that sends no data for this long is cut off (408)
     session_cpus: float = 1.0
     session_gpus: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU fallback)
     allowed_prefixes: tuple[str, ...] = ()  # s3:// prefixes jobs may read and write; () = none
@@ -88,8 +89,8 @@ class ServingConfig:
         for prefix in self.allowed_prefixes:
             if not prefix.startswith("s3://") or len(prefix.rstrip("/")) <= len("s3://"):
                 raise ValueError(f"allowed_prefixes: {prefix!r} is not an s3://bucket[/prefix]")
-        if self.session_timeout_s <= 0 or self.max_upload_mb <= 0:
-            raise ValueError("session_timeout_s and max_upload_mb must be positive")
+        if self.session_timeout_s <= 0 or self.max_upload_mb <= 0 or self.upload_timeout_s <= 0:
+            raise ValueError("session_timeout_s, upload_timeout_s and max_upload_mb must be positive")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "ServingConfig":
@@ -467,8 +468,18 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
             size = 0
             chunks: list[bytes] = []
             sink = path.open("wb") if path is not None else None
+            chunks_in = request.stream().__aiter__()
             try:
-                async for chunk in request.stream():
+                while True:
+                    # A client that stops sending (slow-loris) would hold the upload open forever.
+                    try:
+                        chunk = await asyncio.wait_for(anext(chunks_in), self.config.upload_timeout_s)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise ApiError(
+                            408, f"no request data for {self.config.upload_timeout_s:g} s: the upload was cut off"
+                        ) from None
                     size += len(chunk)
                     if size > limit:
                         raise ApiError(413, f"request body exceeds the limit of {limit} bytes")

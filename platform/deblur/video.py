@@ -99,7 +99,10 @@ def _open_input(source: Source, name: str) -> Iterator[av.container.InputContain
     if isinstance(source, str | os.PathLike) and not Path(source).exists():
         raise VideoError(f"{name}: no such file")
     try:
-        container = av.open(source if not isinstance(source, os.PathLike) else os.fspath(source), mode="r")
+        # Tags are text of any encoding in the wild: undecodable bytes must not make the video unreadable.
+        container = av.open(
+            source if not isinstance(source, os.PathLike) else os.fspath(source), mode="r", metadata_errors="replace"
+        )
     except av.FFmpegError as exc:
         raise VideoError(f"{name}: not a readable video ({_reason(exc)})") from exc
     try:
@@ -141,7 +144,7 @@ def _info(container: av.container.InputContainer, stream: av.video.stream.VideoS
         rotation=0,  # read from the first frame's display matrix by the decoders below
         codec=stream.codec_context.name,
         pix_fmt=stream.codec_context.pix_fmt or "unknown",
-        audio_codecs=tuple(a.codec_context.name for a in container.streams.audio),
+        audio_codecs=tuple(a.codec_context.name for a in container.streams.audio if a.codec_context is not None),
     )
 
 
@@ -175,6 +178,16 @@ def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
 _to_rgb = frame_to_rgb
 
 
+def _check_size(name: str, index: int, frame: av.VideoFrame, size: tuple[int, int]) -> None:
+    # The recurrent state (and the output stream) has the first frame's size; a stream whose
+    # frames change size (or exceed what its header declared) is refused, not half-processed.
+    if (frame.width, frame.height) != size:
+        raise VideoError(
+            f"{name}: frame {index} is {frame.width}x{frame.height}, the video started at "
+            f"{size[0]}x{size[1]}: frame size changes within a video are not supported"
+        )
+
+
 def _check_complete(info: VideoInfo, decoded: int) -> None:
     if decoded == 0:
         raise VideoError(f"{info.name}: contains no video frames")
@@ -203,8 +216,11 @@ def read_frames(
             stream.codec_context.thread_count = threads
         info = _info(container, stream, name)
         decoded = 0
+        size: tuple[int, int] | None = None
         try:
             for frame in container.decode(stream):
+                size = size or (frame.width, frame.height)
+                _check_size(name, decoded, frame, size)
                 decoded += 1
                 yield _to_rgb(frame) if rgb else frame
         except av.FFmpegError as exc:
@@ -274,6 +290,8 @@ class _Encoder:
         self.audio: dict[int, tuple[av.stream.Stream, av.audio.resampler.AudioResampler | None]] = {}
         supported = self.out.supported_codecs
         for template in audio_templates:
+            if template.codec_context is None:
+                continue  # a codec FFmpeg does not know: neither copied nor re-encoded
             if template.codec_context.name in supported:
                 self.audio[template.index] = (self.out.add_stream_from_template(template), None)
             else:
@@ -391,6 +409,7 @@ def transform_video(
                         for early in early_audio:
                             out.write_audio(early)
                         early_audio.clear()
+                    _check_size(name, decoded, frame, (out.video.width, out.video.height))
                     decoded += 1
                     pending.append(frame.pts)
                     write(processor.push(_to_rgb(frame)))

@@ -1,0 +1,168 @@
+"""Train the bundled default model, end to end, and write it into the package.
+
+The recipe of ``platform/deblur/weights/strcnn_dtb_m1.safetensors`` (the paper's final model,
+``strcnn_dtb`` with m = 1, preset ``cpu-small``), in the order a user would run it:
+
+    deblur corpus --out WORK/raw --videos 40 --seconds 4 --seed 0
+    deblur synth WORK/raw WORK/data
+    deblur train WORK/data --storage WORK/runs --name bundled --preset cpu-small
+    deblur evaluate WORK/runs/.../model.safetensors WORK/data -o WORK/report
+
+then the trained weights are written to the package with their provenance (data recipe, preset,
+steps, the commit that trained them, the evaluation on the held-out videos) in the checkpoint's
+header and, for people, in ``strcnn_dtb_m1.json`` beside it.
+
+Every stage resumes: the corpus is kept once complete, synthesis skips finished videos, training
+resumes its run from the latest checkpoint. The work directory is local (``out/bundle`` by default)
+so that a run of an hour or more survives a restart of this process.
+
+    .venv/bin/python scripts/bundle_model.py [--work out/bundle] [--set steps=1200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CORPUS = {"videos": 40, "seconds": 4.0, "seed": 0}  # the defaults of --videos and --seconds
+PRESET = "cpu-small"
+RUN_NAME = "bundled"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPU(s), {cpu}, {platform.system()} {platform.release()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="out/bundle", help="work directory for data, runs and reports")
+    parser.add_argument("--videos", type=int, default=CORPUS["videos"], help="corpus size (40)")
+    parser.add_argument("--seconds", type=float, default=CORPUS["seconds"], help="seconds per corpus video (4)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training override")
+    parser.add_argument(
+        "--dest",
+        default=None,
+        help="where to write the checkpoint (default: the package's weights/strcnn_dtb_m1.safetensors)",
+    )
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from deblur.checkpoint import BUNDLED_NAME, load_checkpoint, save_checkpoint
+    from deblur.config import parse_overrides
+    from deblur.corpus import CorpusConfig, generate_corpus
+    from deblur.data import DataConfig, synthesize_dataset
+    from deblur.evaluate import evaluate_model, write_reports
+    from deblur.train import load_train_config, run_training
+
+    work = Path(args.work).resolve()
+    raw, data, runs, report_dir = work / "raw", work / "data", work / "runs", work / "report"
+    commit = _git("rev-parse", "--short=12", "HEAD")
+    if _git("status", "--porcelain", "--untracked-files=no", "platform/"):
+        print("bundle_model: commit the changes in platform/ first (the provenance names the commit)", file=sys.stderr)
+        return 2
+    overrides = parse_overrides(args.set)
+    config = load_train_config(PRESET, overrides)
+
+    corpus_cmd = f"deblur corpus --out raw --videos {args.videos} --seconds {args.seconds:g} --seed {CORPUS['seed']}"
+    if not (raw / "corpus.json").exists():
+        print(f"1/4 {corpus_cmd}", flush=True)
+        generate_corpus(
+            str(raw),
+            videos=args.videos,
+            seed=CORPUS["seed"],
+            config=CorpusConfig(seconds=args.seconds),
+            on_video=lambda uri: print(f"    {uri}", flush=True),
+        )
+    else:
+        print(f"1/4 corpus already at {raw}", flush=True)
+
+    from deblur.cluster import connect_ray
+
+    ray = connect_ray(num_cpus=os.cpu_count())
+    data_config = DataConfig()
+    print("2/4 deblur synth raw data", flush=True)
+    synthesis = synthesize_dataset(str(raw), str(data), config=data_config)
+    print(f"    {json.dumps(synthesis.summary)}", flush=True)
+
+    shown = " ".join(f"--set {k}={v}" for k, v in overrides.items())
+    train_cmd = f"deblur train data --storage runs --name {RUN_NAME} --preset {PRESET} {shown}".strip()
+    print(f"3/4 {train_cmd}", flush=True)
+    started = time.perf_counter()
+    run = run_training(config, dataset=str(data), storage_path=str(runs), name=RUN_NAME)
+    train_seconds = time.perf_counter() - started
+    if run.model is None:
+        print("bundle_model: training ended without a checkpoint", file=sys.stderr)
+        return 1
+    ray.shutdown()
+
+    print(f"4/4 deblur evaluate {run.model} data", flush=True)
+    trained = load_checkpoint(run.model)
+    step = int(trained.provenance.get("step", -1))
+    if step != config.steps:
+        print(f"bundle_model: the run stopped at step {step}, expected {config.steps}", file=sys.stderr)
+        return 1
+    report = evaluate_model(trained.model, str(data), device="cpu", label=f"strcnn_dtb m=1 ({PRESET})")
+    write_reports([report], str(report_dir))
+    overall = report.overall
+    print(
+        f"    PSNR {overall['psnr']:.2f} dB (input {overall['input_psnr']:.2f}), "
+        f"SSIM {overall['ssim']:.4f} (input {overall['input_ssim']:.4f}) over {overall['frames']} frames",
+        flush=True,
+    )
+
+    provenance = {
+        "purpose": "the bundled default model of deblur (paper's final model: STRCNN+DTB, m=1)",
+        "recipe": "scripts/bundle_model.py",
+        "preset": PRESET,
+        "overrides": overrides,
+        "step": step,
+        "train_config": config.to_dict(),
+        "training_commit": commit,
+        "training_seconds": round(train_seconds, 1),
+        "machine": _machine(),
+        "torch_version": torch.__version__,
+        "ray_version": ray.__version__,
+        "data": {
+            "synthetic": True,
+            "corpus": corpus_cmd,
+            "synth": "deblur synth raw data (defaults: " + json.dumps(data_config.to_dict(), sort_keys=True) + ")",
+            "summary": synthesis.summary,
+        },
+        "evaluation": {
+            "set": "held-out source videos of the same synthesis run (the eval split)",
+            "clips": len(report.clips),
+            **{k: round(float(v), 4) for k, v in overall.items()},
+        },
+    }
+    package_weights = Path(__file__).resolve().parents[1] / "platform" / "deblur" / "weights"
+    dest = Path(args.dest) if args.dest else package_weights / BUNDLED_NAME
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(trained.model, dest, provenance=provenance)
+    dest.with_suffix(".json").write_text(
+        json.dumps({"config": trained.config.to_dict(), "provenance": provenance}, indent=2, sort_keys=True) + "\n"
+    )
+    print(f"wrote {dest} and {dest.with_suffix('.json').name}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -143,7 +143,8 @@ class TemporalBlending(nn.Module):
     w_n = min(1, |tanh(A h~_{n-1} + B h_n)| + beta)      (Eq. 3)
     h~_n = w_n * h_n + (1 - w_n) * h~_{n-1}               (Eq. 2)
 
-    A and B are the two halves of one 5x5 conv over [h~_{n-1}, h_n]. It pads by
+    A and B are the two halves of one 5x5 conv over [h~_{n-1}, h_n], without a bias: Eq. 3
+    has none, so where h~_{n-1} and h_n are zero the weight is exactly beta. It pads by
     replicating the border, so a border pixel sees feature values like its neighbours'
     rather than zeros, and blends like the interior. beta is stored as a logit and
     read through a sigmoid, so it stays in [0, 1] by construction whatever the
@@ -154,7 +155,7 @@ class TemporalBlending(nn.Module):
         super().__init__()
         if not 0.0 < beta_init < 1.0:
             raise ValueError("beta_init must lie strictly inside (0, 1)")
-        self.conv = nn.Conv2d(2 * channels, channels, 5, padding=2, padding_mode="replicate")
+        self.conv = nn.Conv2d(2 * channels, channels, 5, padding=2, padding_mode="replicate", bias=False)
         self.beta_logit = nn.Parameter(torch.logit(torch.tensor(beta_init)))
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from itertools import pairwise
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from deblur.cli import main
-from deblur.corpus import CorpusConfig, _camera_to_world, _random_motion, render_video
+from deblur.corpus import CorpusConfig, _camera_to_world, _plan_scene, _random_motion, render_video
 from deblur.video import probe_video, read_frames
 
 SMALL = {"width": 64, "height": 48, "seconds": 0.1}
@@ -84,3 +85,34 @@ def test_cli_writes_videos_and_a_description(tmp_path: Path) -> None:
     description = json.loads((out / "corpus.json").read_text())
     assert description["synthetic"] is True and description["seed"] == 4
     assert len(description["videos"]) == 2 and description["videos"][0]["background"].endswith((".png", ".jpg"))
+
+
+def test_no_point_on_screen_moves_more_than_one_pixel_per_frame() -> None:
+    """Paper Sec. 3: motion between high-speed frames "ideally less than 1 pixel", objects included."""
+    config = CorpusConfig(seconds=0.5, min_objects=3, max_objects=3)
+    fastest = []
+    for index in range(3):
+        _, camera, objects, _ = _plan_scene(np.random.default_rng([7, index]), config)
+        for obj in objects:
+            half = obj.texture.shape[-1] / 2  # the texture's corners bound its blob
+            local = torch.tensor([[-half, -half], [half, -half], [-half, half], [half, half], [0.0, 0.0]])
+            screen = []
+            for n in range(config.frames):
+                m = obj.motion
+                c, s = math.cos(m.angle[n]), math.sin(m.angle[n])
+                world = torch.stack(
+                    [
+                        obj.centre[0] + m.tx[n] + c * local[:, 0] - s * local[:, 1],
+                        obj.centre[1] + m.ty[n] + s * local[:, 0] + c * local[:, 1],
+                    ],
+                    dim=-1,
+                )
+                # Invert the camera: world = R(angle) (screen / zoom) + t.
+                cc, cs = math.cos(camera.angle[n]), math.sin(camera.angle[n])
+                dx, dy = world[:, 0] - camera.tx[n], world[:, 1] - camera.ty[n]
+                zoom = math.exp(camera.log_zoom[n])
+                screen.append(torch.stack([cc * dx + cs * dy, -cs * dx + cc * dy], dim=-1) * zoom)
+            steps = torch.stack(screen).diff(dim=0).norm(dim=-1)
+            fastest.append(float(steps.max()))
+    assert max(fastest) <= config.max_camera_motion + config.max_object_motion + 1e-3 <= 1.0 + 1e-3
+    assert max(fastest) > 0.4  # objects do move faster than a hair

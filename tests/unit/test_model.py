@@ -57,7 +57,7 @@ def test_parameter_counts_differ_only_by_the_blending_conv() -> None:
     assert counts["cnn"] == counts["strcnn"]
     blending = TemporalBlending(channels=64)
     extra = sum(p.numel() for p in blending.parameters())
-    assert extra == 128 * 64 * 5 * 5 + 64 + 1  # 5x5 conv over [h~, h] plus beta
+    assert extra == 128 * 64 * 5 * 5 + 1  # 5x5 conv over [h~, h] (A and B of Eq. 3, no bias) plus beta
     assert counts["strcnn_dtb"] - counts["strcnn"] == extra
 
 
@@ -74,11 +74,10 @@ def test_blending_weight_lies_between_beta_and_one() -> None:
     assert float(w.max()) == 1.0  # the min(1, .) clamp is reached
     # Eq. 2 exactly.
     torch.testing.assert_close(blended, w * h + (1 - w) * h_prev)
-    # Where tanh is 0 the weight is exactly beta: zero conv -> w == beta everywhere.
+    # Eq. 3 has no bias: where both feature maps are zero, tanh is 0 and the weight is exactly beta.
+    zeros = torch.zeros_like(h)
     with torch.no_grad():
-        blend.conv.weight.zero_()
-        blend.conv.bias.zero_()
-        _, w0 = blend(h, h_prev)
+        _, w0 = blend(zeros, zeros)
     torch.testing.assert_close(w0, torch.full_like(w0, beta))
 
 

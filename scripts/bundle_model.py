@@ -3,7 +3,7 @@
 The recipe of ``platform/deblur/weights/strcnn_dtb_m1.safetensors`` (the paper's final model,
 ``strcnn_dtb`` with m = 1, preset ``cpu-small``), in the order a user would run it:
 
-    deblur corpus --out WORK/raw --videos 40 --seconds 4 --seed 0
+    deblur corpus --out WORK/raw --videos 32 --seconds 4 --seed 0
     deblur synth WORK/raw WORK/data
     deblur train WORK/data --storage WORK/runs --name bundled --preset cpu-small
     deblur evaluate WORK/runs/.../model.safetensors WORK/data -o WORK/report
@@ -12,7 +12,7 @@ then the trained weights are written to the package with their provenance (data 
 steps, the commit that trained them, the evaluation on the held-out videos) in the checkpoint's
 header and, for people, in ``strcnn_dtb_m1.json`` beside it.
 
-Every stage resumes: the corpus is kept once complete, synthesis skips finished videos, training
+Every stage resumes: the corpus keeps the videos it finished, synthesis skips finished videos, training
 resumes its run from the latest checkpoint. The work directory is local (``out/bundle`` by default)
 so that a run of an hour or more survives a restart of this process.
 
@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-CORPUS = {"videos": 40, "seconds": 4.0, "seed": 0}  # the defaults of --videos and --seconds
+CORPUS = {"videos": 32, "seconds": 4.0, "seed": 0}  # the defaults of --videos and --seconds
 PRESET = "cpu-small"
 RUN_NAME = "bundled"
 
@@ -54,7 +54,7 @@ def _machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="out/bundle", help="work directory for data, runs and reports")
-    parser.add_argument("--videos", type=int, default=CORPUS["videos"], help="corpus size (40)")
+    parser.add_argument("--videos", type=int, default=CORPUS["videos"], help="corpus size (32)")
     parser.add_argument("--seconds", type=float, default=CORPUS["seconds"], help="seconds per corpus video (4)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training override")
     parser.add_argument(
@@ -83,17 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     config = load_train_config(PRESET, overrides)
 
     corpus_cmd = f"deblur corpus --out raw --videos {args.videos} --seconds {args.seconds:g} --seed {CORPUS['seed']}"
-    if not (raw / "corpus.json").exists():
-        print(f"1/4 {corpus_cmd}", flush=True)
-        generate_corpus(
-            str(raw),
-            videos=args.videos,
-            seed=CORPUS["seed"],
-            config=CorpusConfig(seconds=args.seconds),
-            on_video=lambda uri: print(f"    {uri}", flush=True),
-        )
-    else:
-        print(f"1/4 corpus already at {raw}", flush=True)
+    print(f"1/4 {corpus_cmd}", flush=True)
+    generate_corpus(  # resumes: keeps the videos an interrupted run of the same settings finished
+        str(raw),
+        videos=args.videos,
+        seed=CORPUS["seed"],
+        config=CorpusConfig(seconds=args.seconds),
+        on_video=lambda uri: print(f"    {uri}", flush=True),
+    )
 
     from deblur.cluster import connect_ray
 

@@ -306,7 +306,9 @@ def generate_corpus(
     """Write ``videos`` sharp 240 fps videos as ``OUT/video_NNNN.mp4`` plus ``OUT/corpus.json``.
 
     Video i depends only on (seed, i, config), so a larger corpus extends a smaller one. Each
-    video is staged locally and appears under ``out`` only when complete.
+    video is staged locally and appears under ``out`` only when complete, and ``corpus.json``
+    is rewritten after each one (``complete`` false until the last): an interrupted run resumes
+    where it stopped, keeping the videos that the manifest lists for the same seed and config.
     """
     from deblur.video import EncoderOptions, write_video
 
@@ -314,24 +316,47 @@ def generate_corpus(
         raise ValueError(f"videos must be at least 1, got {videos}")
     config = config or CorpusConfig()
     encoder = EncoderOptions(crf=config.crf, preset=config.preset)
+    manifest_uri = storage.join_uri(out, "corpus.json")
+    done = _finished_videos(manifest_uri, seed=seed, config=config)
     written, described = [], []
     for index in range(videos):
         uri = storage.join_uri(out, f"video_{index:04d}.mp4")
-        frames, description = render_video(config, seed=seed, index=index)
-        with storage.staged_output(uri, suffix=".mp4") as staged:
-            write_video(staged, frames, fps=config.fps, encoder=encoder)
+        if uri in done and storage.exists(uri):
+            described.append(done[uri])
+        else:
+            frames, description = render_video(config, seed=seed, index=index)
+            with storage.staged_output(uri, suffix=".mp4") as staged:
+                write_video(staged, frames, fps=config.fps, encoder=encoder)
+            described.append({"video": uri, **description})
         written.append(uri)
-        described.append({"video": uri, **description})
+        _write_corpus_manifest(manifest_uri, seed=seed, config=config, videos=described, complete=index == videos - 1)
         if on_video is not None:
             on_video(uri)
+    return written
+
+
+def _finished_videos(manifest_uri: str, *, seed: int, config: CorpusConfig) -> dict[str, dict[str, Any]]:
+    """The videos an earlier run of the same seed and config finished, by URI (none otherwise)."""
+    if not storage.exists(manifest_uri):
+        return {}
+    try:
+        manifest = json.loads(storage.read_bytes(manifest_uri))
+    except ValueError:
+        return {}
+    if manifest.get("seed") != seed or manifest.get("config") != asdict(config):
+        return {}
+    return {entry["video"]: entry for entry in manifest.get("videos", [])}
+
+
+def _write_corpus_manifest(
+    uri: str, *, seed: int, config: CorpusConfig, videos: list[dict[str, Any]], complete: bool
+) -> None:
     manifest = {
         "synthetic": True,
         "generator": "deblur.corpus (rendered from photographs; not real high-speed footage)",
         "seed": seed,
         "config": asdict(config),
-        "videos": described,
+        "complete": complete,
+        "videos": videos,
     }
-    storage.write_bytes(
-        storage.join_uri(out, "corpus.json"), json.dumps(manifest, indent=1).encode(), content_type="application/json"
-    )
-    return written
+    storage.write_bytes(uri, json.dumps(manifest, indent=1).encode(), content_type="application/json")

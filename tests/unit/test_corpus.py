@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from deblur.cli import main
-from deblur.corpus import CorpusConfig, _camera_to_world, _plan_scene, _random_motion, render_video
+from deblur.corpus import CorpusConfig, _camera_to_world, _plan_scene, _random_motion, generate_corpus, render_video
 from deblur.video import probe_video, read_frames
 
 SMALL = {"width": 64, "height": 48, "seconds": 0.1}
@@ -116,3 +116,25 @@ def test_no_point_on_screen_moves_more_than_one_pixel_per_frame() -> None:
             fastest.append(float(steps.max()))
     assert max(fastest) <= config.max_camera_motion + config.max_object_motion + 1e-3 <= 1.0 + 1e-3
     assert max(fastest) > 0.4  # objects do move faster than a hair
+
+
+def test_an_interrupted_corpus_resumes_and_other_settings_start_over(tmp_path: Path) -> None:
+    config = CorpusConfig(**SMALL)
+    out = str(tmp_path / "raw")
+    first = generate_corpus(out, videos=2, seed=3, config=config)
+    manifest = json.loads((tmp_path / "raw" / "corpus.json").read_text())
+    assert manifest["complete"] is True and [v["video"] for v in manifest["videos"]] == first
+    stamps = {uri: Path(uri).stat().st_mtime_ns for uri in first}
+    # As if the run had been cut off after two of three videos: the two are kept, the third made.
+    manifest["complete"] = False
+    (tmp_path / "raw" / "corpus.json").write_text(json.dumps(manifest))
+    written = generate_corpus(out, videos=3, seed=3, config=config)
+    assert {uri: Path(uri).stat().st_mtime_ns for uri in first} == stamps
+    assert len(written) == 3 and json.loads((tmp_path / "raw" / "corpus.json").read_text())["complete"] is True
+    np.testing.assert_array_equal(
+        np.stack(list(read_frames(written[2]))),
+        np.stack(list(read_frames(generate_corpus(str(tmp_path / "fresh"), videos=3, seed=3, config=config)[2]))),
+    )
+    # Another seed is another corpus: nothing is reused.
+    generate_corpus(out, videos=2, seed=4, config=config)
+    assert all(Path(uri).stat().st_mtime_ns != stamps[uri] for uri in first)

@@ -3,7 +3,7 @@
 The recipe of ``platform/deblur/weights/strcnn_dtb_m1.safetensors`` (the paper's final model,
 ``strcnn_dtb`` with m = 1, preset ``cpu-small``), in the order a user would run it:
 
-    deblur corpus --out WORK/raw --videos 32 --seconds 4 --seed 0
+    deblur corpus --out WORK/raw --videos 24 --seconds 4 --seed 0
     deblur synth WORK/raw WORK/data
     deblur train WORK/data --storage WORK/runs --name bundled --preset cpu-small
     deblur evaluate WORK/runs/.../model.safetensors WORK/data -o WORK/report
@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-CORPUS = {"videos": 32, "seconds": 4.0, "seed": 0}  # the defaults of --videos and --seconds
+CORPUS = {"videos": 24, "seconds": 4.0, "seed": 0}  # the defaults of --videos and --seconds
 PRESET = "cpu-small"
 RUN_NAME = "bundled"
 
@@ -54,7 +54,7 @@ def _machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="out/bundle", help="work directory for data, runs and reports")
-    parser.add_argument("--videos", type=int, default=CORPUS["videos"], help="corpus size (32)")
+    parser.add_argument("--videos", type=int, default=CORPUS["videos"], help="corpus size (24)")
     parser.add_argument("--seconds", type=float, default=CORPUS["seconds"], help="seconds per corpus video (4)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training override")
     parser.add_argument(

@@ -9,6 +9,8 @@ CLI, the batch job and the endpoint all go through it, so their outputs agree.
 
 from __future__ import annotations
 
+import copy
+import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
 
@@ -19,7 +21,7 @@ from torch import Tensor
 
 from deblur.model import DeblurNet, RecurrentState
 
-__all__ = ["PRECISIONS", "OnlineDeblurrer", "check_precision", "deblur_frames", "resolve_device"]
+__all__ = ["PRECISIONS", "OnlineDeblurrer", "check_precision", "deblur_frames", "prepare_model", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -30,6 +32,32 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA device is available")
     return device
+
+
+def prepare_model(model: DeblurNet, device: str | torch.device | None = "auto") -> DeblurNet:
+    """``model`` as the engine runs it: eval mode, on ``device``, 4-D weights channels-last.
+
+    Channels-last is about twice as fast for these convs on CPUs and on tensor cores. A model
+    already prepared so is returned as it is, and engines then share it (inference never writes
+    to it); any other is copied once, so an engine never changes its caller's model (one being
+    trained keeps its mode and layout) and engines on different devices never move one model
+    between them. Prepare once to let many engines share one copy.
+    """
+    device = resolve_device(device)
+    if _is_prepared(model, device):
+        return model
+    return copy.deepcopy(model).eval().to(device, memory_format=torch.channels_last)
+
+
+def _is_prepared(model: DeblurNet, device: torch.device) -> bool:
+    if model.training:
+        return False
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.device.type != device.type or (device.index is not None and tensor.device.index != device.index):
+            return False
+        if tensor.dim() == 4 and not tensor.is_contiguous(memory_format=torch.channels_last):
+            return False
+    return True
 
 
 PRECISIONS = ("fp32", "int8", "bf16", "fp16")
@@ -51,7 +79,8 @@ class OnlineDeblurrer:
 
     ``push(frame)`` returns the frames that became ready (zero or one);
     ``finish()`` returns the last m frames. One instance is one video: its state is
-    never shared, and a finished instance refuses more frames.
+    never shared, and a finished instance refuses more frames. The model goes through
+    ``prepare_model``: the caller's model is never changed.
     """
 
     def __init__(
@@ -63,10 +92,9 @@ class OnlineDeblurrer:
             from deblur.quantize import quantize_model
 
             # An already quantized model (quantize_model) is used as it is: quantizing takes seconds.
-            self.model = model if getattr(model, "quantized", False) else quantize_model(model.eval())
+            self.model = model if getattr(model, "quantized", False) else quantize_model(model)
         else:
-            # Channels-last is about twice as fast for these convs on CPUs and on tensor cores.
-            self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+            self.model = prepare_model(model, self.device)
         # bf16/fp16: autocast keeps the state, the blending arithmetic and the output in fp32.
         self._autocast = precision in ("bf16", "fp16")
         self._dtype = torch.bfloat16 if precision == "bf16" else torch.float16

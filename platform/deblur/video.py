@@ -7,14 +7,17 @@ timestamps (so frame rate and duration, variable rates included), size, rotation
 metadata and audio (packets copied unchanged where the output container accepts the
 codec, re-encoded to AAC otherwise). It is written under a temporary name beside the
 destination and renamed only when complete, so a failure never leaves a file where
-a finished one is expected.
+a finished one is expected. Decoding and encoding run in threads of their own beside
+the processor, linked by small bounded queues.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -112,7 +115,7 @@ def _open_input(source: Source, name: str) -> Iterator[av.container.InputContain
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, av.FFmpegError) and exc.strerror:
+    if isinstance(exc, av.FFmpegError | OSError) and exc.strerror:
         return str(exc.strerror)
     return str(exc) or type(exc).__name__
 
@@ -236,22 +239,28 @@ def _atomic_output(destination: str | os.PathLike[str]) -> Iterator[Path]:
         raise VideoError(f"{dest}: is a directory")
     if not dest.parent.exists():
         raise VideoError(f"{dest}: directory {dest.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".partial{dest.suffix}", dir=dest.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".partial{dest.suffix}", dir=dest.parent)
+    except OSError as exc:
+        raise VideoError(f"{dest}: cannot create the output file ({_reason(exc)})") from exc
     os.close(fd)
     tmp_path = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp_path.chmod(0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp_path.chmod(0o666 & ~umask)  # mkstemp makes it private; the result is an ordinary file
         yield tmp_path
-        os.replace(tmp_path, dest)
+        try:
+            os.replace(tmp_path, dest)
+        except OSError as exc:
+            raise VideoError(f"{dest}: cannot write the output file ({_reason(exc)})") from exc
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def _container_format(path: Path) -> str | None:
-    # The temporary name ends in ".partial.EXT"; FFmpeg guesses the muxer from EXT.
-    return None if path.suffix else "mp4"
+def _container_format(destination: Path) -> str | None:
+    # FFmpeg guesses the muxer from the extension (the temporary name ends in ".partial.EXT").
+    return None if destination.suffix else "mp4"
 
 
 def _container_options(path: Path) -> dict[str, str]:
@@ -262,12 +271,17 @@ def _container_options(path: Path) -> dict[str, str]:
 
 
 class _Encoder:
-    """Video encoder plus audio pass-through for one output file."""
+    """Video encoder plus audio pass-through for one output file.
+
+    Errors name ``destination`` (what the user asked for, not the temporary ``path``), or
+    ``source`` for audio that cannot be decoded for re-encoding.
+    """
 
     def __init__(
         self,
         path: Path,
         *,
+        destination: Path,
         width: int,
         height: int,
         fps: Fraction,
@@ -275,8 +289,36 @@ class _Encoder:
         rotation: int,
         options: EncoderOptions,
         audio_templates: Iterable[av.audio.stream.AudioStream] = (),
+        source: str = "<input>",
     ) -> None:
-        self.out = av.open(os.fspath(path), mode="w", format=_container_format(path), options=_container_options(path))
+        self.destination, self.source = destination, source
+        try:
+            self.out = av.open(
+                os.fspath(path),
+                mode="w",
+                format=_container_format(destination),
+                options=_container_options(destination),
+            )
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            raise self._format_error(exc) from exc
+        try:
+            self._add_streams(width, height, fps, time_base, rotation, options, audio_templates)
+            # The header now: a container that cannot hold these streams says so before any frame.
+            self.out.start_encoding()
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            self.abort()
+            raise self._format_error(exc) from exc
+
+    def _add_streams(
+        self,
+        width: int,
+        height: int,
+        fps: Fraction,
+        time_base: Fraction,
+        rotation: int,
+        options: EncoderOptions,
+        audio_templates: Iterable[av.audio.stream.AudioStream],
+    ) -> None:
         codec, pix_fmt, codec_options = options.codec_and_format(width, height)
         self.video = self.out.add_stream(codec, rate=fps if fps else None, options=codec_options)
         self.video.width, self.video.height, self.video.pix_fmt = width, height, pix_fmt
@@ -301,14 +343,27 @@ class _Encoder:
                 )
                 self.audio[template.index] = (stream, resampler)
 
+    def _format_error(self, exc: BaseException) -> VideoError:
+        return VideoError(
+            f"{self.destination}: cannot write a video in this format ({_reason(exc)}); use .mp4, .mov or .mkv"
+        )
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except (av.FFmpegError, OSError) as exc:
+            raise VideoError(f"{self.destination}: cannot write the video ({_reason(exc)})") from exc
+
     def write_frame(self, rgb: np.ndarray, pts: int | None) -> None:
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         if self.pix_fmt != "rgb24":
             frame = frame.reformat(format=self.pix_fmt)
         frame.pts = pts
         frame.time_base = self.time_base
-        for packet in self.video.encode(frame):
-            self.out.mux(packet)
+        with self._writing():
+            for packet in self.video.encode(frame):
+                self.out.mux(packet)
 
     def write_audio(self, packet: av.Packet) -> None:
         entry = self.audio.get(packet.stream.index)
@@ -317,22 +372,29 @@ class _Encoder:
         stream, resampler = entry
         if resampler is None:
             packet.stream = stream
-            self.out.mux(packet)
+            with self._writing():
+                self.out.mux(packet)
             return
-        for decoded in packet.decode():
-            for resampled in resampler.resample(decoded):
-                resampled.pts = None
-                for out_packet in stream.encode(resampled):
-                    self.out.mux(out_packet)
+        try:
+            decoded = packet.decode()
+        except av.FFmpegError as exc:
+            raise VideoError(f"{self.source}: corrupt audio ({_reason(exc)})") from exc
+        with self._writing():
+            for samples in decoded:
+                for resampled in resampler.resample(samples):
+                    resampled.pts = None
+                    for out_packet in stream.encode(resampled):
+                        self.out.mux(out_packet)
 
     def close(self) -> None:
-        for packet in self.video.encode(None):
-            self.out.mux(packet)
-        for stream, resampler in self.audio.values():
-            if resampler is not None:
-                for packet in stream.encode(None):
-                    self.out.mux(packet)
-        self.out.close()
+        with self._writing():
+            for packet in self.video.encode(None):
+                self.out.mux(packet)
+            for stream, resampler in self.audio.values():
+                if resampler is not None:
+                    for packet in stream.encode(None):
+                        self.out.mux(packet)
+            self.out.close()
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -361,73 +423,269 @@ def transform_video(
     output per input, in order; output frame i gets input frame i's timestamp.
     ``on_frame(frames_written, info)`` is called after each written frame (progress).
     ``name`` is what error messages call the source (e.g. its s3:// URI).
+
+    Decoding runs in a thread ahead of the processor and encoding in another behind it
+    (FFmpeg and PyTorch release the GIL while they work, so the three overlap); ``processor``
+    and ``on_frame`` are called from the calling thread. A failure in any of them stops all
+    three and leaves no file; errors of the output name ``destination``.
     """
     encoder = encoder or EncoderOptions()
     name = name or _name(source)
-    with _open_input(source, name) as container, _atomic_output(destination) as tmp:
+    dest = Path(destination)
+    with _open_input(source, name) as container, _atomic_output(dest) as tmp:
         stream = _video_stream(container, name)
         stream.thread_type = "AUTO"
         info = _info(container, stream, name)
         audio_streams = list(container.streams.audio) if keep_audio else []
         pending: deque[int | None] = deque()  # timestamps of frames inside the processor
-        out: _Encoder | None = None
-        early_audio: list[av.Packet] = []
         decoded = written = 0
+        # The input container stays open until both threads have stopped: the encoder copies
+        # from (and may decode) its audio packets.
+        with _Pipeline() as pipeline:
+            inputs = pipeline.start(_decode_items(container, stream, audio_streams, info, name))
+            outputs = pipeline.start_sink(_encode_items(tmp, dest, audio_streams, encoder, name))
 
-        def write(frames: list[np.ndarray]) -> None:
-            nonlocal written
-            assert out is not None
-            for rgb in frames:
-                out.write_frame(rgb, pending.popleft())
-                written += 1
-                if on_frame is not None:
-                    on_frame(written, info)
+            def write(frames: list[np.ndarray]) -> None:
+                nonlocal written
+                for rgb in frames:
+                    outputs.put((rgb, pending.popleft()))
+                    written += 1
+                    if on_frame is not None:
+                        on_frame(written, info)
 
-        try:
-            for packet in container.demux([stream, *audio_streams]):
-                if packet.stream.type == "audio":
-                    if out is not None:
-                        out.write_audio(packet)
-                    else:
-                        # The encoder needs the first decoded frame (its rotation); the
-                        # decoder lags a few packets behind the demuxer.
-                        early_audio.append(packet)
-                    continue
-                for frame in packet.decode():
-                    if out is None:
-                        info = _with_rotation(info, frame)
-                        out = _Encoder(
-                            tmp,
-                            width=frame.width,
-                            height=frame.height,
-                            fps=info.fps,
-                            time_base=info.time_base,
-                            rotation=info.rotation,
-                            options=encoder,
-                            audio_templates=audio_streams,
-                        )
-                        for early in early_audio:
-                            out.write_audio(early)
-                        early_audio.clear()
-                    _check_size(name, decoded, frame, (out.video.width, out.video.height))
+            for item in inputs:
+                if isinstance(item, _Start):
+                    info = item.info
+                    outputs.put(item)
+                elif isinstance(item, av.Packet):
+                    outputs.put(item)  # audio, kept in its place among the frames
+                else:
+                    rgb, pts = item  # type: ignore[misc]
                     decoded += 1
-                    pending.append(frame.pts)
-                    write(processor.push(_to_rgb(frame)))
-            _check_complete(info, decoded)
-            assert out is not None
+                    pending.append(pts)
+                    write(processor.push(rgb))
             write(processor.finish())
-            out.close()
-        except av.FFmpegError as exc:
+            if written != decoded:
+                raise VideoError(f"{name}: processor returned {written} frames for {decoded} inputs")
+            outputs.close()  # the encoder flushes and closes the file; its errors are raised here
+        return TransformResult(info=info, frames=written)
+
+
+# Items (frames or audio packets) queued between the decoder, the processor and the encoder:
+# enough to keep each busy while another works; at most a few frames, whatever the video's length.
+_QUEUE_DEPTH = 4
+_POLL_S = 0.05  # how often a thread blocked on a full or empty queue checks that the others still run
+
+
+@dataclass(frozen=True)
+class _Start:
+    """The first decoded frame's facts: the encoder opens the output when this arrives."""
+
+    info: VideoInfo
+    width: int
+    height: int
+
+
+def _decode_items(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    audio_streams: list[av.audio.stream.AudioStream],
+    info: VideoInfo,
+    name: str,
+) -> Iterator[object]:
+    """``_Start``, then RGB frames with their timestamps ``(rgb, pts)`` and audio packets, in file order."""
+    early_audio: list[av.Packet] = []
+    size: tuple[int, int] | None = None
+    decoded = 0
+    try:
+        for packet in container.demux([stream, *audio_streams]):
+            if packet.stream.type == "audio":
+                if size is None:
+                    # The encoder needs the first decoded frame (its rotation); the decoder
+                    # lags a few packets behind the demuxer.
+                    early_audio.append(packet)
+                else:
+                    yield packet
+                continue
+            for frame in packet.decode():
+                if size is None:
+                    size = (frame.width, frame.height)
+                    info = _with_rotation(info, frame)
+                    yield _Start(info, frame.width, frame.height)
+                    yield from early_audio
+                    early_audio.clear()
+                _check_size(name, decoded, frame, size)
+                decoded += 1
+                yield _to_rgb(frame), frame.pts
+    except av.FFmpegError as exc:
+        raise VideoError(f"{name}: corrupt video at frame {decoded} ({_reason(exc)})") from exc
+    _check_complete(info, decoded)
+
+
+def _encode_items(
+    tmp: Path, destination: Path, audio_streams: list[av.audio.stream.AudioStream], options: EncoderOptions, name: str
+) -> Callable[[Iterator[object]], None]:
+    """The sink of ``transform_video``: opens the output at ``_Start``, then writes what comes."""
+
+    def encode(items: Iterator[object]) -> None:
+        out: _Encoder | None = None
+        try:
+            for item in items:
+                if isinstance(item, _Start):
+                    out = _Encoder(
+                        tmp,
+                        destination=destination,
+                        width=item.width,
+                        height=item.height,
+                        fps=item.info.fps,
+                        time_base=item.info.time_base,
+                        rotation=item.info.rotation,
+                        options=options,
+                        audio_templates=audio_streams,
+                        source=name,
+                    )
+                    continue
+                assert out is not None, "frames before _Start"
+                if isinstance(item, av.Packet):
+                    out.write_audio(item)
+                else:
+                    out.write_frame(*item)  # type: ignore[misc]
             if out is not None:
-                out.abort()
-            raise VideoError(f"{name}: corrupt video at frame {decoded} ({_reason(exc)})") from exc
+                out.close()
         except BaseException:
             if out is not None:
                 out.abort()
             raise
-        if written != decoded:
-            raise VideoError(f"{name}: processor returned {written} frames for {decoded} inputs")
-        return TransformResult(info=info, frames=written)
+
+    return encode
+
+
+class _StoppedError(Exception):
+    """Raised in a thread of a ``_Pipeline`` that another thread's failure has stopped."""
+
+
+class _End:
+    """The last item of a queue."""
+
+
+class _Queue:
+    """A bounded queue between two threads of a ``_Pipeline`` that gives up once it is stopped."""
+
+    def __init__(self, depth: int, stop: threading.Event) -> None:
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._stop = stop
+
+    def put(self, item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                pass
+        raise _StoppedError
+
+    def __iter__(self) -> Iterator[object]:
+        while True:
+            if self._stop.is_set():  # what is still queued is not wanted any more
+                raise _StoppedError
+            try:
+                item = self._queue.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            if isinstance(item, _End):
+                return
+            yield item
+
+
+class _Sink:
+    """The producing end of a queue whose consumer runs in its own thread."""
+
+    def __init__(self, pipeline: _Pipeline, q: _Queue, thread: threading.Thread) -> None:
+        self._pipeline, self._queue, self._thread = pipeline, q, thread
+
+    def put(self, item: object) -> None:
+        try:
+            self._queue.put(item)
+        except _StoppedError:
+            self._pipeline.raise_failure()
+            raise
+
+    def close(self) -> None:
+        """No more items: wait for the consumer to finish, and raise what made it fail."""
+        self.put(_End())
+        self._thread.join()
+        self._pipeline.raise_failure()
+
+
+class _Pipeline:
+    """Threads linked by bounded queues; a failure in any of them stops all.
+
+    The first exception (from a thread, or the caller's own) is the one raised in the caller;
+    leaving the ``with`` block stops every thread and waits for it, so nothing runs on after.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> _Pipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = exc
+        self._stop.set()
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
+        def run() -> None:
+            try:
+                target()
+            except _StoppedError:
+                pass
+            except BaseException as exc:  # handed to the caller's thread
+                self._fail(exc)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return thread
+
+    def start(self, items: Iterator[object], *, depth: int = _QUEUE_DEPTH) -> Iterator[object]:
+        """Run ``items`` in a thread ahead of the caller, who iterates the result."""
+        q = _Queue(depth, self._stop)
+
+        def produce() -> None:
+            for item in items:
+                q.put(item)
+            q.put(_End())
+
+        self._spawn(produce, "video-decode")
+
+        def consume() -> Iterator[object]:
+            try:
+                yield from q
+            except _StoppedError:
+                self.raise_failure()
+                raise
+
+        return consume()
+
+    def start_sink(self, consume: Callable[[Iterator[object]], None], *, depth: int = _QUEUE_DEPTH) -> _Sink:
+        """Run ``consume`` in a thread on what the caller puts into the result."""
+        q = _Queue(depth, self._stop)
+        return _Sink(self, q, self._spawn(lambda: consume(iter(q)), "video-encode"))
 
 
 def write_video(
@@ -449,6 +707,7 @@ def write_video(
                 if out is None:
                     out = _Encoder(
                         tmp,
+                        destination=Path(destination),
                         width=rgb.shape[1],
                         height=rgb.shape[0],
                         fps=rate,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,11 +15,12 @@ import av
 import numpy as np
 import pytest
 
-from deblur.checkpoint import load_model
+from deblur.checkpoint import load_model, save_checkpoint
 from deblur.cli import main
 from deblur.engine import deblur_frames
 from deblur.video import probe_video, read_frames
 from media import stream_facts
+from tiny import tiny_model
 
 
 def no_leftovers(directory: Path, keep: set[str]) -> None:
@@ -95,11 +98,17 @@ def _truncate(path: Path, fraction: float) -> Path:
 
 
 def _zero_frames(path: Path) -> Path:
-    out = av.open(str(path), "w")
+    """A video stream with no frames. AVI keeps the stream's header; MP4 and MOV drop a track
+    without samples (the file then has no video stream at all) and Matroska without any
+    cluster cannot be opened."""
+    out = av.open(str(path), "w", format="avi")
     stream = out.add_stream("libx264", rate=30)
     stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
     out.start_encoding()  # header and an empty video track, then no frames
     out.close()
+    with av.open(str(path)) as check:  # the case this stands for, or the test would test another
+        assert len(check.streams.video) == 1 and check.streams.video[0].codec_context.width == 32
+        assert next(check.decode(video=0), None) is None
     return path
 
 
@@ -118,7 +127,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[Callable[..., Path], Path], Path], str]] =
         "truncated or corrupt",
     ),
     "audio-only": (lambda make, d: _audio_only(d / "sound.m4a"), "contains no video stream"),
-    "zero-frames": (lambda make, d: _zero_frames(d / "empty.mp4"), "no video"),
+    "zero-frames": (lambda make, d: _zero_frames(d / "empty.avi"), "contains no video frames"),
 }
 
 
@@ -176,3 +185,121 @@ def test_deblur_info_reports_computed_figures() -> None:
     assert 230e3 < macs < 260e3
     cnn = subprocess.run([str(cli), "info", "--variant", "cnn", "--m", "2"], capture_output=True, text=True, check=True)
     assert "cnn" in cnn.stdout and "5 input frames" in cnn.stdout
+
+
+def _unwritable_directory(tmp_path: Path) -> Path:
+    directory = tmp_path / "locked"
+    directory.mkdir()
+    directory.chmod(0o555)
+    if os.access(directory, os.W_OK):  # root ignores file modes; sysfs refuses new files to root too
+        return Path("/sys")
+    return directory
+
+
+BAD_OUTPUTS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "webm": (lambda d: d / "out.webm", r"cannot write a video in this format \('webm' format does not support"),
+    "unknown-extension": (lambda d: d / "out.txt", r"cannot write a video in this format \(.*output format"),
+    # Accepted when the streams are added, refused when the header is written.
+    "ogg": (lambda d: d / "out.ogg", r"cannot write a video in this format \(Invalid argument\); use \.mp4"),
+    "unwritable-directory": (
+        lambda d: _unwritable_directory(d) / "out.mp4",
+        r"cannot create the output file \(Permission denied\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OUTPUTS))
+def test_bad_output_is_one_clear_line_naming_it_and_leaves_no_file(
+    case: str,
+    make_video: Callable[..., Path],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = make_video("clip.mp4", frames=3)
+    build, pattern = BAD_OUTPUTS[case]
+    out = build(tmp_path)
+    before = {p.name for p in out.parent.iterdir()}
+    code = main(["video", str(source), "-o", str(out), "--checkpoint", str(tiny_checkpoint), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"deblur: error: {out}: "), err[0]  # the output is named, not the input
+    assert re.search(pattern, err[0]), err[0]
+    assert {p.name for p in out.parent.iterdir()} == before
+
+
+def test_output_failing_mid_video_is_named_and_removed(
+    make_video: Callable[..., Path], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    source = make_video("clip.mp4", width=160, height=120, frames=30)
+    out = tmp_path / "out" / "sharp.mp4"
+    out.parent.mkdir()
+
+    def full_disk() -> None:
+        # Writes past 400 KB fail (EFBIG) in this process only; the lossless output is about twice that.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+
+    cli = Path(sys.executable).with_name("deblur")
+    run = subprocess.run(
+        [str(cli), "video", str(source), "-o", str(out), "--checkpoint", str(tiny_checkpoint), "--lossless", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=full_disk,
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [f"deblur: error: {out}: cannot write the video (File too large)"]
+    assert list(out.parent.iterdir()) == []
+
+
+def test_output_without_extension_is_mp4(
+    make_video: Callable[..., Path], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    source = make_video("clip.mp4", frames=3, audio=False)
+    out = tmp_path / "sharp"
+    assert main(["video", str(source), "-o", str(out), "--checkpoint", str(tiny_checkpoint), "-q"]) == 0
+    with av.open(str(out)) as container:
+        assert "mp4" in container.format.name
+        assert sum(1 for _ in container.decode(video=0)) == 3
+
+
+def test_deblur_info_on_a_checkpoint_reports_it_and_its_provenance(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    model = tiny_model(variant="cnn", m=2)
+    path = tmp_path / "cnn-m2.safetensors"
+    save_checkpoint(model, path, provenance={"recipe": "made by this test", "steps": 7})
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(rf"^checkpoint\s+{re.escape(str(path))}$", out, re.M), out
+    assert re.search(r"^variant\s+cnn$", out, re.M) and "5 input frames" in out
+    params = int(re.search(r"parameters\s+([\d,]+)", out).group(1).replace(",", ""))
+    assert params == sum(p.numel() for p in model.parameters())
+    assert "  recipe: made by this test\n" in out and "  steps: 7\n" in out
+
+
+@pytest.mark.parametrize("flags", [["--variant", "cnn"], ["--m", "2"]])
+def test_deblur_info_refuses_fresh_model_options_with_a_checkpoint(
+    flags: list[str], tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["info", str(tiny_checkpoint), *flags])
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert captured.err.strip().splitlines() == [
+        "deblur: error: --variant and --m describe a fresh model; a checkpoint carries its own"
+    ]
+
+
+def test_an_os_error_in_any_command_is_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = _unwritable_directory(tmp_path) / "corpus"
+    code = main(["corpus", "--out", str(target), "--videos", "1", "--seconds", "0.1", "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert re.fullmatch(
+        rf"deblur: error: {re.escape(str(target))}: (Permission denied|Operation not permitted)", err[0]
+    )

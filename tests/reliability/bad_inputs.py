@@ -61,11 +61,17 @@ def _truncated(fraction: float, **kwargs: object) -> Callable[[Path], Path]:
 
 
 def _zero_frames(path: Path) -> Path:
-    out = av.open(str(path), "w")
+    """A video stream with no frames. AVI keeps the stream's header; MP4 and MOV drop a track
+    without samples (the file then has no video stream at all, the audio-only case) and Matroska
+    without any cluster cannot be opened."""
+    out = av.open(str(path), "w", format="avi")
     stream = out.add_stream("libx264", rate=30)
     stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
     out.start_encoding()  # the header and an empty video track, then no frames
     out.close()
+    with av.open(str(path)) as check:  # the case this stands for, or it would test another
+        assert len(check.streams.video) == 1 and check.streams.video[0].codec_context.width == WIDTH
+        assert next(check.decode(video=0), None) is None
     return path
 
 
@@ -200,7 +206,7 @@ CASES: list[Case] = [
         error=TRUNCATED,
     ),
     Case("truncated_index.mp4", _truncated(0.9), error="not a readable video"),
-    Case("zero_frames.mp4", _zero_frames, error="contains no video (stream|frames)"),
+    Case("zero_frames.avi", _zero_frames, error="contains no video frames"),
     Case("audio_only.mp4", _audio_only, error="contains no video stream"),
     Case("image.mp4", _image, frames=1),
     Case("huge_dimensions.mkv", _huge_declared, error=r"(cannot decode video|corrupt video at frame 0) \(Invalid data"),

@@ -1,4 +1,4 @@
-"""Process-level helpers of the reliability tests: this test session's Ray processes, a second driver.
+"""Process-level helpers of the fault tests: this test session's Ray processes, a second driver.
 
 Only processes of the Ray instance this test session started are ever looked at or killed: they
 are found as children of that instance's raylet (other Ray instances on the machine, e.g. a long

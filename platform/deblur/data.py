@@ -12,8 +12,9 @@ tau and T, see ``synthesis.py``), and writes, under OUT_PREFIX:
 Train and evaluation sets are split by source video (a stable hash of its key), never by frame.
 A record is written only after all of the video's outputs are complete, and every output object is
 written whole (staged locally, then uploaded or renamed), so an interrupted run leaves no shard that
-looks finished: readers use only shards named by ``status == "ok"`` records. A rerun skips videos
-whose record matches the object's current size and ETag.
+looks finished: readers use only shards named by ``status == "ok"`` records; a video that fails
+half-way has what it wrote deleted. A rerun skips videos whose record matches the object's current
+size and ETag and the digest of the settings that shape a video's outputs (``config_digest``).
 
 Why Parquet for training shards: one row is one window of consecutive frames (raw uint8 bytes
 plus shape columns, readable by any Parquet reader without Ray's tensor extension), rows are read
@@ -107,6 +108,16 @@ def video_id_for(relative_key: str) -> str:
     return relative_key.replace("/", "--")
 
 
+def config_digest(config: DataConfig) -> str:
+    """A digest of the settings that decide a video's outputs: a record made with others is redone.
+
+    Which files are listed (``patterns``) and how new videos are split (``eval_fraction``; a video
+    keeps its first split) do not change what an existing video produces, so they are left out.
+    """
+    values = {k: v for k, v in config.to_dict().items() if k not in ("patterns", "eval_fraction")}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
 # ---------------------------------------------------------------------------------------------
 # One video (runs inside a Ray Data task; plain Python, testable without Ray)
 # ---------------------------------------------------------------------------------------------
@@ -136,11 +147,12 @@ def _shard_table(rows: list[dict[str, Any]]) -> Any:
 class _ShardWriter:
     """Collects training windows and writes them as Parquet shards of about ``target_bytes``."""
 
-    def __init__(self, prefix: str, target_bytes: int) -> None:
+    def __init__(self, prefix: str, target_bytes: int, *, written: list[str]) -> None:
         self.prefix, self.target_bytes = prefix, target_bytes
         self.rows: list[dict[str, Any]] = []
         self.pending_bytes = 0
-        self.written: list[str] = []
+        self.shards: list[str] = []
+        self.written = written  # shared with the caller: every object written, for cleanup on failure
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -153,12 +165,13 @@ class _ShardWriter:
             return
         import pyarrow.parquet as pq
 
-        uri = storage.join_uri(self.prefix, f"shard-{len(self.written):05d}.parquet")
+        uri = storage.join_uri(self.prefix, f"shard-{len(self.shards):05d}.parquet")
         with storage.staged_output(uri, suffix=".parquet") as staged:
             # One row per row group: a reader can fetch one window without the rest of the shard.
             # No compression: camera frames barely compress losslessly and zstd would cost CPU
             # in every training epoch.
             pq.write_table(_shard_table(self.rows), staged, row_group_size=1, compression="none")
+        self.shards.append(uri)
         self.written.append(uri)
         self.rows, self.pending_bytes = [], 0
 
@@ -181,21 +194,45 @@ def _window_row(
     }
 
 
-def _write_eval_clip(prefix: str, fps: Fraction, blurry: list[np.ndarray], sharp: list[np.ndarray]) -> None:
+def _eval_clip_objects(prefix: str) -> list[str]:
+    return [storage.join_uri(prefix, f"{name}.mp4") for name in ("blurry", "sharp")]
+
+
+def _write_eval_clip(
+    prefix: str, fps: Fraction, blurry: list[np.ndarray], sharp: list[np.ndarray], *, written: list[str]
+) -> None:
+    """Both videos of one evaluation clip; each object's URI goes into ``written`` once it exists."""
     from deblur.video import EncoderOptions, write_video
 
     lossless = EncoderOptions(lossless=True, preset="ultrafast")
-    for name, frames in (("blurry", blurry), ("sharp", sharp)):
-        uri = storage.join_uri(prefix, f"{name}.mp4")
+    for uri, frames in zip(_eval_clip_objects(prefix), (blurry, sharp), strict=True):
         with storage.staged_output(uri, suffix=".mp4") as staged:
             write_video(staged, frames, fps=fps, encoder=lossless)
+        written.append(uri)
+
+
+def _record_objects(record: dict[str, Any]) -> list[str]:
+    """The objects a record's ``outputs`` name (a shard, or an evaluation clip's two videos)."""
+    if record.get("split") == "eval":
+        return [uri for prefix in record.get("outputs", []) for uri in _eval_clip_objects(prefix)]
+    return list(record.get("outputs", []))
+
+
+def _delete_objects(uris: list[str]) -> None:
+    """Best effort: a leftover here is unreferenced (readers trust records), never half-written."""
+    for uri in uris:
+        try:
+            storage.delete(uri)
+        except Exception:
+            continue
 
 
 def process_video(task: dict[str, Any]) -> dict[str, Any]:
     """Synthesize one video (a row of the job's task list) and return its manifest record.
 
     Bad input (not a video, corrupt, truncated, too short) gives ``status="skipped"`` with the
-    reason; an unexpected error gives ``status="failed"`` (retried by the next run).
+    reason; a storage error (possibly transient) or an unexpected one gives ``status="failed"``,
+    retried by the next run. Either way, the objects this attempt wrote are deleted again.
     """
     from deblur.video import VideoError, frame_to_rgb, probe_video, read_frames
 
@@ -205,6 +242,7 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
         "video": uri,
         "video_id": video_id,
         "version": task["version"],
+        "config_digest": task.get("config_digest"),
         "split": split,
         "status": "ok",
         "error": None,
@@ -214,13 +252,15 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
     }
     started = time.perf_counter()
     rng = np.random.default_rng([config.seed, int(_unit_hash("clips", video_id) * 2**32)])
+    record_uri = storage.join_uri(out, "records", f"{video_id}.json")
+    written: list[str] = []  # every object this attempt wrote, deleted again if it fails
+    writer = _ShardWriter(storage.join_uri(out, "train", video_id), config.shard_target_bytes, written=written)
     try:
         with storage.open_input(uri) as handle:
             info = probe_video(handle, name=uri)
             handle.seek(0)
             record.update(source_fps=str(info.fps), width=info.width, height=info.height)
             frames = read_frames(handle, name=uri, threads=task.get("decode_threads"), rgb=False)
-            writer = _ShardWriter(storage.join_uri(out, "train", video_id), config.shard_target_bytes)
             source_start = 0
             for clip_index in range(1_000_000):
                 params = draw_clip_params(rng, config.synthesis)
@@ -257,7 +297,7 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
                 if kept:
                     clip_prefix = storage.join_uri(out, "eval", video_id, f"clip-{clip_index:03d}")
                     if split == "eval":
-                        _write_eval_clip(clip_prefix, params.output_fps(info.fps), blurry, sharp)
+                        _write_eval_clip(clip_prefix, params.output_fps(info.fps), blurry, sharp, written=written)
                         record["outputs"].append(clip_prefix)
                     record["clips"].append(
                         {
@@ -277,7 +317,7 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
                     break  # the video ended inside this clip
             writer.flush()
             if split == "train":
-                record["outputs"] = writer.written
+                record["outputs"] = writer.shards
             record["source_frames"] = source_start
         if record["pairs"] == 0:
             needed = max(config.synthesis.taus) if split == "eval" else config.min_window_frames
@@ -285,17 +325,23 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
                 f"{uri}: too short for one {'clip' if split == 'eval' else 'training window'} "
                 f"(needs about {needed} {'frames' if split == 'eval' else 'output pairs'})"
             )
-    except (VideoError, storage.StorageError) as error:
+    except VideoError as error:  # the input itself: permanent until the object changes
         record.update(status="skipped", error=str(error), clips=[], pairs=0, outputs=[])
+    except storage.StorageError as error:  # reading or writing storage: may pass, retried on the next run
+        record.update(status="failed", error=str(error), clips=[], pairs=0, outputs=[])
     except Exception as error:  # recorded, and retried on the next run
         record.update(status="failed", error=f"{type(error).__name__}: {error}", clips=[], pairs=0, outputs=[])
     record["seconds"] = round(time.perf_counter() - started, 3)
-    if record["status"] != "failed":
-        storage.write_bytes(
-            storage.join_uri(out, "records", f"{video_id}.json"),
-            json.dumps(record, indent=1).encode(),
-            content_type="application/json",
-        )
+    if record["status"] != "ok":
+        _delete_objects(written)
+    if record["status"] == "failed":
+        # An earlier record of this video is out of date (else it would not have been planned) and
+        # may name objects this attempt overwrote and deleted: it goes, with what it named.
+        _delete_objects([record_uri, *task.get("stale_outputs", [])])
+    else:
+        storage.write_bytes(record_uri, json.dumps(record, indent=1).encode(), content_type="application/json")
+        # A redo (changed object or settings) may have left objects the new record no longer names.
+        _delete_objects(sorted(set(task.get("stale_outputs", [])) - set(_record_objects(record))))
     return record
 
 
@@ -340,11 +386,17 @@ def plan_tasks(input_prefix: str, output_prefix: str, config: DataConfig) -> tup
     ids = {uri: video_id_for(storage.relative_key(uri, input_prefix)) for uri in uris}
     done = _existing_records(output_prefix)
     split = split_for(list(ids.values()), eval_fraction=config.eval_fraction, seed=config.seed)
+    digest = config_digest(config)
     tasks, finished = [], []
     for uri, video_id in ids.items():
         version = storage.object_version(uri)
         previous = done.get(video_id)
-        if previous and previous.get("version") == version and previous.get("status") in ("ok", "skipped"):
+        if (
+            previous
+            and previous.get("version") == version
+            and previous.get("config_digest") == digest
+            and previous.get("status") in ("ok", "skipped")
+        ):
             finished.append(previous)
             continue
         tasks.append(
@@ -352,6 +404,8 @@ def plan_tasks(input_prefix: str, output_prefix: str, config: DataConfig) -> tup
                 "uri": uri,
                 "video_id": video_id,
                 "version": version,
+                "config_digest": digest,
+                "stale_outputs": _record_objects(previous) if previous else [],
                 # A video keeps the split it was first given, even if the set of videos changed.
                 "split": previous["split"] if previous else split[video_id],
                 "out": output_prefix,
@@ -482,20 +536,27 @@ class _CropSampler:
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         blurry, sharp = _decode_row(row)
+        key = window_key(row)
         for _ in range(self.samples):
             b, s = sample_training_crop(
                 blurry, sharp, rng=self.rng, frames=self.frames, crop=self.crop, flips=self.flips
             )
-            yield {"blurry": b, "sharp": s}
+            yield {"blurry": b, "sharp": s, "key": key}
+
+
+def window_key(row: dict[str, Any]) -> str:
+    """Names the stored window a training sample came from (in errors such as a non-finite loss)."""
+    return f"{row['video_id']}/clip-{int(row['clip']):03d}/window-{int(row['start'])}"
 
 
 def _read_shard(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every row (training window) of one Parquet shard."""
+    """Every row (training window) of one Parquet shard, read row group by row group (one window each)."""
     import pyarrow.parquet as pq
 
     with storage.open_input(item["uri"]) as handle:
-        table = pq.read_table(handle)
-    yield from table.to_pylist()
+        shard = pq.ParquetFile(handle)
+        for index in range(shard.num_row_groups):
+            yield from shard.read_row_group(index).to_pylist()
 
 
 def training_shards(prefix: str) -> list[str]:
@@ -517,7 +578,11 @@ def read_training_dataset(
     samples_per_window: int = 4,
     num_cpus: float = 0.25,
 ) -> Any:
-    """A Ray Dataset of random training samples ``{"blurry", "sharp"}``: (frames, crop, crop, 3) uint8.
+    """A Ray Dataset of random training samples ``{"blurry", "sharp", "key"}``.
+
+    ``blurry`` and ``sharp`` are (frames, crop, crop, 3) uint8; ``key`` names the stored window
+    (``window_key``) so that an error can say which data a batch held. Being a string column, it
+    suits ``iter_batches(batch_format="numpy")``; ``iter_torch_batches`` needs a ``collate_fn``.
 
     Each pass over it draws new windows, crops and flips: ``samples_per_window`` crops from each
     stored window (a window of full frames is far larger than one crop, so reading it for a single

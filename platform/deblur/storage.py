@@ -164,7 +164,9 @@ def to_uri(filesystem_path: str, like: str) -> str:
 def list_files(prefix: str | os.PathLike[str], *, patterns: tuple[str, ...] = ("*",)) -> list[str]:
     """Every object/file under ``prefix`` whose base name matches one of ``patterns``, sorted.
 
-    Zero-byte "directory" markers that S3 tools leave behind are skipped.
+    Zero-byte "directory" markers that S3 tools leave behind are skipped, and so are local staging
+    files (``.NAME.XXXXXXXX.partial.EXT``, see ``staged_output``, ``write_bytes``, ``write_video``):
+    a listing of an interrupted run's output must not offer its half-written files as inputs.
     """
     prefix = str(prefix)
     found: list[str] = []
@@ -184,9 +186,14 @@ def list_files(prefix: str | os.PathLike[str], *, patterns: tuple[str, ...] = ("
         root = Path(prefix)
         if not root.is_dir():
             raise StorageError(f"{prefix}: no such directory")
-        found = [str(p) for p in root.rglob("*") if p.is_file()]
+        found = [str(p) for p in root.rglob("*") if p.is_file() and not _is_staging_name(p.name)]
     names = [u for u in found if any(fnmatch.fnmatch(u.rsplit("/", 1)[-1], pat) for pat in patterns)]
     return sorted(names)
+
+
+def _is_staging_name(name: str) -> bool:
+    # Every local staging file is hidden (leading dot) and has ".partial" in its name.
+    return name.startswith(".") or ".partial" in name
 
 
 def exists(uri: str | os.PathLike[str]) -> bool:

@@ -17,6 +17,7 @@ failures restart from there (``FailureConfig``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -55,6 +56,12 @@ class TrainingError(RuntimeError):
     """Training cannot go on (bad data, a non-finite loss); the message says where."""
 
 
+class _DeterministicError(TrainingError):
+    """A deterministic stop that every worker reaches at the same point (a non-finite loss or
+    parameters, a checkpoint of another model): a restart would only repeat it, so the workers
+    end the run themselves instead of failing and being retried (``train_loop_per_worker``)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # model (ModelConfig)
@@ -91,13 +98,20 @@ class TrainConfig:
     max_failures: int = 3
 
     def __post_init__(self) -> None:
-        if self.batch_size % max(1, self.num_workers):
+        for f in fields(self):
+            object.__setattr__(self, f.name, _checked_setting(f.name, getattr(self, f.name), str(f.type)))
+        for name, low in _AT_LEAST.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"training setting {name} must be at least {low}, got {getattr(self, name)}")
+        for name in ("lr", "cpus_per_worker"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"training setting {name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"training setting lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.batch_size % self.num_workers:
             raise ValueError(f"batch_size {self.batch_size} must divide evenly over {self.num_workers} workers")
         if self.sequence_frames < 2 * self.m + 1:
             raise ValueError(f"sequence_frames {self.sequence_frames} is shorter than one window (2m+1)")
-        for name in ("steps", "batch_size", "crop", "log_every", "checkpoint_every", "eval_every", "num_workers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         ModelConfig(**self.model_dict())  # validates variant, m, widths
 
     @classmethod
@@ -117,6 +131,49 @@ class TrainConfig:
     @property
     def per_worker_batch(self) -> int:
         return self.batch_size // self.num_workers
+
+
+# Lower bounds of the numeric settings (lr, lr_decay and cpus_per_worker are checked on their own).
+_AT_LEAST: dict[str, float] = {
+    "m": 0,
+    "steps": 1,
+    "batch_size": 1,
+    "sequence_frames": 1,
+    "crop": 1,
+    "samples_per_window": 1,
+    "lr_decay_every": 1,
+    "weight_decay": 0,
+    "grad_clip": 0,
+    "seed": 0,
+    "log_every": 1,
+    "checkpoint_every": 1,
+    "eval_every": 1,
+    "eval_clips": 0,
+    "keep_checkpoints": 1,
+    "num_workers": 1,
+    "torch_threads": 0,
+    "max_failures": -1,  # Ray Train: -1 retries forever
+}
+
+
+def _checked_setting(name: str, value: Any, kind: str) -> Any:
+    """``value`` as a setting of type ``kind`` (the field's annotation), or a ValueError naming ``name``."""
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == "float":
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads "1e-4" as a string: accept any number Python reads as one.
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(f"training setting {name}={value!r}: expected {'a number' if kind == 'float' else kind}")
+    return value
 
 
 def load_train_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -179,6 +236,25 @@ def psnr_of(mse: float) -> float:
     return 10.0 * math.log10(1.0 / mse) if mse > 0 else float("inf")
 
 
+def parameters_finite(model: nn.Module) -> bool:
+    return bool(torch.stack([torch.isfinite(p.detach()).all() for p in model.parameters()]).all())
+
+
+def _all_workers_agree(flag: bool, device: torch.device) -> bool:
+    """``flag`` on every worker of a DDP group (one tiny all-reduce), so that all stop at the same step."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item() > 0)
+
+
+def _batch_windows(batch: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(str(k) for k in batch.get("key", [])))
+
+
 def optimize_step(
     ddp_model: nn.Module,
     model: DeblurNet,
@@ -193,18 +269,23 @@ def optimize_step(
     amp_dtype: torch.dtype = torch.float16,
     where: str = "",
 ) -> tuple[float, float]:
-    """One Adam step on a batch ``{"blurry", "sharp"}`` of (B, F, H, W, 3) uint8: (loss, mse)."""
+    """One Adam step on a batch ``{"blurry", "sharp", "key"}`` of (B, F, H, W, 3) uint8: (loss, mse).
+
+    A non-finite loss, or parameters that the step made non-finite, stop training with the step
+    (``where``) and the windows of the batch (``key``) in the message. Under DDP every worker
+    stops at that same step: the loss check is agreed on before the gradient all-reduce, and the
+    parameters are identical on every worker.
+    """
     blurry = to_model_input(batch["blurry"], device)
     sharp = to_model_input(batch["sharp"], device)
     model.train()
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
         loss, mse = compute_loss(ddp_model, blurry, sharp, weight_decay=config.weight_decay)
-    if not torch.isfinite(loss):
-        keys = [str(k) for k in batch.get("key", [])][:8]
-        raise TrainingError(
-            f"loss is {loss.item()} at {where or 'this step'} (batch windows {keys}): stopping; "
-            "the last checkpoint is intact"
-        )
+    where = where or "this step"
+    finite = bool(torch.isfinite(loss))
+    if not _all_workers_agree(finite, device):
+        reason = f"loss is {loss.item()} at {where}" if not finite else f"another worker's loss is not finite ({where})"
+        raise _DeterministicError(f"{reason} (batch windows {_batch_windows(batch)})")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if config.grad_clip > 0:
@@ -213,6 +294,10 @@ def optimize_step(
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
+    if not parameters_finite(model):
+        raise _DeterministicError(
+            f"parameters are not finite after {where} (batch windows {_batch_windows(batch)}, loss {loss.item()})"
+        )
     return loss.item(), mse.item()
 
 
@@ -238,9 +323,14 @@ def save_training_state(
     config: TrainConfig,
     provenance: dict[str, Any],
 ) -> None:
-    """``model.safetensors`` (a normal deblur checkpoint) + ``train_state.pt`` (tensors only)."""
+    """``model.safetensors`` (a normal deblur checkpoint) + ``train_state.pt`` (tensors only).
+
+    Parameters that are not finite are refused: such a checkpoint would poison every resume.
+    """
     from deblur.checkpoint import save_checkpoint
 
+    if not parameters_finite(model):
+        raise TrainingError(f"step {step}: the model's parameters are not finite; no checkpoint written")
     directory.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, directory / "model.safetensors", provenance={**provenance, "step": step})
     state = {
@@ -255,15 +345,26 @@ def save_training_state(
     os.replace(tmp, directory / "train_state.pt")
 
 
-def load_training_state(directory: Path, *, model: DeblurNet, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
-    """Restore a checkpoint written by ``save_training_state``; returns its step."""
+def load_training_state(
+    directory: Path,
+    *,
+    model: DeblurNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    name: str | None = None,
+) -> int:
+    """Restore a checkpoint written by ``save_training_state``; returns its step.
+
+    ``name``: how errors call the checkpoint (e.g. its URI; default: ``directory``).
+    """
     from deblur.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(directory / "model.safetensors")
     if loaded.config != model.config:
-        raise TrainingError(
-            f"{directory}: checkpoint is {loaded.config.variant} m={loaded.config.m} width={loaded.config.width}, "
-            f"the run trains {model.config.variant} m={model.config.m} width={model.config.width}"
+        have, want = loaded.config, model.config
+        raise _DeterministicError(
+            f"{name or directory}: checkpoint is {have.variant} m={have.m} width={have.width}, "
+            f"the run trains {want.variant} m={want.m} width={want.width}"
         )
     model.load_state_dict(loaded.model.state_dict())
     # weights_only: the state holds tensors, numbers and strings, so loading never runs code.
@@ -303,10 +404,29 @@ def _validate(model: DeblurNet, dataset: str, config: TrainConfig, device: torch
     return {"val_psnr": float(report.overall["psnr"]), "val_input_psnr": float(report.overall["input_psnr"])}
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point: ``loop_config`` = {"train": TrainConfig dict, "dataset": prefix, ...}."""
+def _gathered_stop(error: _DeterministicError) -> str:
+    """Every worker's account of a stop, one line (all workers call this at the same point)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return str(error)
+    messages: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, str(error))
+    own = [m for m in messages if m and not m.startswith("another worker")]
+    return "; ".join(dict.fromkeys(own)) or str(error)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """Ray Train entry point: ``loop_config`` = {"train": TrainConfig dict, "dataset": prefix, ...}.
+
+    Returns ``{"error": message}`` (rank 0's return value reaches the driver) when training
+    stops for a reason a restart would repeat (``_DeterministicError``); anything else raises,
+    and Ray Train restarts the workers from the latest checkpoint up to ``max_failures`` times.
+    """
     import ray.train
     import ray.train.torch
+
+    from deblur import storage
 
     config = TrainConfig.from_dict(loop_config["train"])
     context = ray.train.get_context()
@@ -321,7 +441,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            step = load_training_state(Path(directory), model=model, optimizer=optimizer, scheduler=scheduler)
+            try:
+                step = load_training_state(
+                    Path(directory),
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    name=storage.to_uri(checkpoint.path, loop_config.get("storage_path", "")),
+                )
+            except _DeterministicError as error:
+                # Every worker loads the same checkpoint and stops here, before any collective.
+                return {"error": str(error)}
     start_step = step
     device = ray.train.torch.get_device()
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -341,24 +471,31 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if step >= config.steps:
         # Resumed a finished run: say so (every worker, so their report counts stay equal).
         ray.train.report({"step": step, "start_step": start_step})
-        return
+        return None
     batches = _batches(ray.train.get_dataset_shard("train"), config.per_worker_batch)
     window_loss, window_mse, window_count, started = 0.0, 0.0, 0, time.perf_counter()
     while step < config.steps:
         batch = next(batches)
-        loss, mse = optimize_step(
-            ddp_model,
-            model,
-            optimizer,
-            scheduler,
-            scaler,
-            batch,
-            config=config,
-            device=device,
-            amp_dtype=amp_dtype,
-            amp=amp,
-            where=f"step {step + 1} on worker {rank}",
-        )
+        try:
+            loss, mse = optimize_step(
+                ddp_model,
+                model,
+                optimizer,
+                scheduler,
+                scaler,
+                batch,
+                config=config,
+                device=device,
+                amp_dtype=amp_dtype,
+                amp=amp,
+                where=f"step {step + 1} on worker {rank}",
+            )
+        except _DeterministicError as error:
+            # Every worker stops at this step (optimize_step agrees on it); nothing is reported
+            # or saved, so the latest checkpoint stays the last good state.
+            if writer is not None:
+                writer.close()
+            return {"error": f"{_gathered_stop(error)}; the latest checkpoint is left as it was"}
         step += 1
         window_loss += loss
         window_mse += mse
@@ -410,6 +547,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics)
     if writer is not None:
         writer.close()
+    return None
 
 
 def _copy_tensorboard(source: Path, destination: Path) -> None:
@@ -444,8 +582,11 @@ def run_training(
     """Train (or resume the run ``name`` under ``storage_path``) on the current Ray cluster.
 
     ``callbacks`` are Ray Train callbacks (e.g. Tune's ``TuneReportCallback`` inside a trial).
+    Raises ``TrainingError`` with the workers' own message when the run fails: at once for a stop
+    a restart would repeat (non-finite loss, a checkpoint of another model), else once Ray Train
+    has used up ``max_failures`` restarts.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from deblur import storage
@@ -466,7 +607,7 @@ def run_training(
         resources_per_worker["GPU"] = 1
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": config.to_dict(), "dataset": dataset, "run": name},
+        train_loop_config={"train": config.to_dict(), "dataset": dataset, "run": name, "storage_path": storage_path},
         scaling_config=ScalingConfig(
             num_workers=config.num_workers, use_gpu=config.use_gpu, resources_per_worker=resources_per_worker
         ),
@@ -481,9 +622,13 @@ def run_training(
         ),
         datasets={"train": train_data},
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise TrainingError(f"run {name} failed: {result.error}")
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as error:
+        raise TrainingError(f"run {name} failed: {_describe_failure(error)}") from None
+    stop = result.return_value.get("error") if isinstance(result.return_value, dict) else None
+    if stop:
+        raise TrainingError(f"run {name} stopped: {stop}")
     checkpoint_uri = model_uri = None
     if result.checkpoint is not None:
         checkpoint_uri = storage.to_uri(result.checkpoint.path, storage_path)
@@ -494,23 +639,58 @@ def run_training(
     return TrainingRun(name=name, checkpoint=checkpoint_uri, model=model_uri, metrics=dict(result.metrics or {}))
 
 
+def _describe_failure(error: Exception) -> str:
+    """One line from a Ray Train failure: each failed worker's own error, not Ray's traceback."""
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        parts = [f"worker {rank}: {_first_line(failure)}" for rank, failure in sorted(failures.items())]
+        return "; ".join(dict.fromkeys(parts))
+    cause = getattr(error, "controller_failure", None)
+    return _first_line(cause if cause is not None else error)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
 # ---------------------------------------------------------------------------------------------
 # Ray Tune: each trial is a Ray Train run
 # ---------------------------------------------------------------------------------------------
 
-# The paper's Table 1 grid (variant x number of input frames) plus the optimiser's two knobs.
+# The paper's Table 1 grid (variant x number of input frames) plus the optimiser's two knobs, the
+# learning rate (the paper's 1e-4 and the faster cpu-small one) and lambda of Eq. 4 (the paper's
+# 1e-5 and ten times that): 36 trials, most of them stopped early by ASHA.
 TABLE1_SPACE: dict[str, list[Any]] = {
     "variant": ["cnn", "strcnn", "strcnn_dtb"],
     "m": [1, 2, 3],
-    "lr": [1e-4],
-    "weight_decay": [1e-5],
+    "lr": [1e-4, 5e-4],
+    "weight_decay": [1e-5, 1e-4],
 }
+
+
+def _validation_reports_to_tune() -> Any:
+    """A ``TuneReportCallback`` that passes on only the reports that carry a validation PSNR.
+
+    Workers report at every log step, but only evaluation steps carry ``val_psnr``, the metric
+    Tune's scheduler ranks trials by; Tune rejects a result without it. Filtering here keeps the
+    Train side unchanged (every worker reports equally often) and lets ASHA compare trials only
+    on fresh validations.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ValidationReports(TuneReportCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if metrics and "val_psnr" in metrics[0]:
+                TuneReportCallback.after_report(self, run_context, metrics, checkpoint)
+
+    return ValidationReports()
 
 
 def _tune_trial(trial: dict[str, Any]) -> None:
     """One Tune trial: drives a Ray Train run whose reports are passed on to Tune."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     config = TrainConfig.from_dict({**trial["base"], **trial["params"]})
     name = f"{trial['name']}-{ray.tune.get_context().get_trial_id()}"
@@ -519,7 +699,7 @@ def _tune_trial(trial: dict[str, Any]) -> None:
         dataset=trial["dataset"],
         storage_path=trial["storage_path"],
         name=name,
-        callbacks=[TuneReportCallback()],
+        callbacks=[_validation_reports_to_tune()],
     )
 
 
@@ -551,16 +731,21 @@ def run_tuning(
     ``grace_steps``, 2x, 4x, ... (default: the first validation). The Tune driver of each trial
     needs almost no CPU (``trial_cpus``): the work happens in its Train workers.
     """
+    space = space or TABLE1_SPACE
+    unknown = sorted(set(space) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"unknown training setting(s) in the search space: {unknown}")
+    # Every value checked (and typed) here, so a bad one fails before any trial starts.
+    space = {
+        key: [getattr(TrainConfig.from_dict({**base.to_dict(), key: value}), key) for value in values]
+        for key, values in space.items()
+    }
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler
 
     from deblur import storage
     from deblur.cluster import connect_ray
 
-    space = space or TABLE1_SPACE
-    unknown = sorted(set(space) - {f.name for f in fields(TrainConfig)})
-    if unknown:
-        raise ValueError(f"unknown training setting(s) in the search space: {unknown}")
     connect_ray()
     filesystem, path = storage.filesystem_for(storage_path)
     grid = {key: ray.tune.grid_search(list(values)) for key, values in space.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from fractions import Fraction
 
@@ -12,6 +13,7 @@ from deblur import storage
 from deblur.cli import main
 from deblur.corpus import CorpusConfig, generate_corpus
 from deblur.data import DataConfig, iterate_eval_clips, load_manifest, read_training_dataset, synthesize_dataset
+from deblur.synthesis import ClipParams, synthesize_clip
 from deblur.video import probe_video, read_frames
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -44,24 +46,44 @@ def test_corpus_to_training_batches(s3_bucket: str) -> None:
             assert clip["tau"] in (7, 9) and clip["tau"] <= clip["stride"] < 1.5 * clip["tau"]
             assert clip["source_end"] - clip["source_start"] == (clip["pairs"] - 1) * clip["stride"] + clip["tau"]
 
-    # Evaluation clips: whole, full size, lossless, at f / T.
+    # Evaluation clips: whole, full size, at f / T, and lossless: decoded, they are exactly Eq. 1
+    # of the source frames the manifest names.
     clips = list(iterate_eval_clips(out))
     assert clips
     for clip in clips:
         blurry_info = probe_video(storage.open_input(clip["blurry"]), name=clip["blurry"])
         assert (blurry_info.width, blurry_info.height) == (192, 160)
         assert blurry_info.fps == Fraction(240, clip["stride"])
-        with storage.open_input(clip["sharp"]) as f:
-            assert len(list(read_frames(f))) == clip["pairs"]
+        with storage.open_input(by_id[clip["video_id"]]["video"]) as source:
+            expected = list(
+                synthesize_clip(
+                    itertools.islice(read_frames(source), clip["source_start"], None),
+                    ClipParams(tau=clip["tau"], stride=clip["stride"]),
+                    outputs=clip["pairs"],
+                    linear_light=config.synthesis.linear_light,
+                    gamma=config.synthesis.gamma,
+                    scale=config.synthesis.scale,
+                )
+            )
+        assert len(expected) == clip["pairs"]
+        for name, index in (("blurry", 0), ("sharp", 1)):
+            with storage.open_input(clip[name]) as f:
+                decoded = np.stack(list(read_frames(f)))
+            np.testing.assert_array_equal(decoded, np.stack([pair[index] for pair in expected]), err_msg=name)
 
     # Here every clip is one 13-pair window, so one row per clip of a training video.
     train_rows = sum(len(r["clips"]) for r in good if r["split"] == "train")
-    batches = read_training_dataset(out, frames=13, crop=128, seed=0).iter_torch_batches(batch_size=train_rows)
-    batch = next(iter(batches))
+    dataset = read_training_dataset(out, frames=13, crop=128, seed=0, samples_per_window=1)
+    batch = next(iter(dataset.iter_batches(batch_size=train_rows, batch_format="numpy")))
     assert batch["blurry"].shape == batch["sharp"].shape == (train_rows, 13, 128, 128, 3)
-    assert str(batch["blurry"].dtype) == "torch.uint8"
+    assert batch["blurry"].dtype == batch["sharp"].dtype == np.uint8
+    # Each sample names its stored window: here every window of every training clip, once.
+    windows = {
+        f"{r['video_id']}/clip-{c['clip']:03d}/window-0" for r in good if r["split"] == "train" for c in r["clips"]
+    }
+    assert sorted(batch["key"]) == sorted(windows)
     # Blur is an average: the blurry frames are smoother than the sharp ones.
-    blurry, sharp = batch["blurry"].float().numpy(), batch["sharp"].float().numpy()
+    blurry, sharp = batch["blurry"].astype(np.float32), batch["sharp"].astype(np.float32)
     assert np.abs(np.diff(blurry, axis=3)).mean() < np.abs(np.diff(sharp, axis=3)).mean()
 
     # A rerun does nothing: no video processed, no object rewritten.

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
+import re
 import threading
 import time
 from pathlib import Path
@@ -14,8 +13,10 @@ import torch
 
 from deblur import storage
 from deblur.checkpoint import load_checkpoint
+from deblur.cli import main
 from deblur.data import DataConfig, synthesize_dataset
 from deblur.train import TrainConfig, TrainingRun, load_train_config, run_training
+from faults import kill, own_ray_processes
 from media import write_test_video
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
@@ -52,18 +53,6 @@ def test_two_worker_ddp_run_completes_and_checkpoints(dataset: str, s3_bucket: s
     assert again.metrics["step"] == 6 and again.checkpoint == run.checkpoint
 
 
-def _train_worker_pids() -> list[int]:
-    """PIDs of live Ray Train worker processes (Ray titles them ``ray::RayTrainWorker``)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
 def test_killed_worker_resumes_from_its_checkpoint(dataset: str, s3_bucket: str) -> None:
     config = _tiny(steps=80, checkpoint_every=10, eval_every=80, log_every=10, max_failures=2)
     result: dict[str, TrainingRun | BaseException] = {}
@@ -82,9 +71,11 @@ def test_killed_worker_resumes_from_its_checkpoint(dataset: str, s3_bucket: str)
     # worker process mid-run.
     while time.monotonic() < deadline and not _registered_checkpoint(f"{s3_bucket}/runs/killed"):
         time.sleep(0.2)
-    pids = _train_worker_pids()
-    assert pids, "no Ray Train worker found"
-    os.kill(pids[0], signal.SIGKILL)
+    # Only a Ray Train worker of this session's own Ray instance (a child of its raylet) is ever
+    # killed: another Ray on the machine, e.g. a long training run, has its own raylet.
+    pids = own_ray_processes("ray::RayTrainWorker")
+    assert pids, "no Ray Train worker of this test session found"
+    kill(pids[0])
     thread.join(timeout=300)
     run = result["run"]
     assert isinstance(run, TrainingRun), run
@@ -111,31 +102,87 @@ def _list(prefix: str) -> list[str]:
         return []
 
 
-def _download(uri: str) -> Path:
+def _download(uri: str, name: str = "state.pt") -> Path:
     import tempfile
 
-    path = Path(tempfile.mkdtemp()) / "state.pt"
+    path = Path(tempfile.mkdtemp()) / name
     storage.download_file(uri, path)
     return path
 
 
-def test_tune_sweeps_variants_as_train_runs_and_tabulates(dataset: str, s3_bucket: str) -> None:
+def test_tune_runs_trials_as_train_runs_stops_poor_ones_early_and_tabulates(dataset: str, s3_bucket: str) -> None:
     from deblur.train import run_tuning
 
-    base = _tiny(steps=4, checkpoint_every=2, eval_every=2, log_every=2)
+    # Reports at every step, validation every other one: Tune must cope with reports that carry
+    # no val_psnr (the real presets log far more often than they validate).
+    base = _tiny(steps=4, checkpoint_every=2, eval_every=2, log_every=1)
+    # Without the global skip a freshly initialised network outputs nothing like the image, so
+    # the second trial's PSNR at the first validation is far below the first's: ASHA (grace 2,
+    # trials one at a time, in grid order) stops it there.
     result = run_tuning(
         base,
         dataset=dataset,
         storage_path=f"{s3_bucket}/tune",
         name="sweep",
-        space={"variant": ["cnn", "strcnn_dtb"], "lr": [1e-3]},
+        space={"variant": ["strcnn_dtb"], "residual": [True, False]},
         grace_steps=2,
     )
-    assert sorted(row["variant"] for row in result.rows) == ["cnn", "strcnn_dtb"]
+    by_residual = {row["residual"]: row for row in result.rows}
+    assert set(by_residual) == {True, False}
     for row in result.rows:
-        assert row["error"] is None and row["val_psnr"] is not None and row["step"] in (2, 4)
+        assert row["error"] is None and row["val_psnr"] is not None
+    assert by_residual[True]["step"] == 4 and not by_residual[True]["stopped_early"]
+    assert by_residual[False]["step"] == 2 and by_residual[False]["stopped_early"]
     assert result.rows[0]["val_psnr"] >= result.rows[1]["val_psnr"]  # best first
-    assert "| variant | lr | steps | val PSNR |" in result.table
+    assert "| variant | residual | steps | val PSNR |" in result.table and "stopped early" in result.table
     # Each trial was a Ray Train run with its own checkpoints in object storage.
     runs = {uri.split("/")[4] for uri in storage.list_files(f"{s3_bucket}/tune") if uri.endswith("model.safetensors")}
     assert len(runs) == 2 and all(r.startswith("sweep-") for r in runs)
+
+
+def test_failures_end_the_run_with_one_clear_line(
+    dataset: str, s3_bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = f"{s3_bucket}/runs"
+
+    def train(name: str, *settings: str) -> tuple[int, list[str]]:
+        capsys.readouterr()
+        args = ["train", dataset, "--storage", runs, "--name", name, "--preset", "tiny"]
+        for setting in ("cpus_per_worker=0.5", "eval_clips=1", *settings):
+            args += ["--set", setting]
+        code = main(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert not any("Traceback" in line for line in err), err
+        return code, err
+
+    # The same run name asked to go on with another model: stopped at once ("stopped": the
+    # workers ended the run themselves, it was not failed and retried max_failures times).
+    assert train("mixed", "steps=3")[0] == 0
+    code, err = train("mixed", "steps=6", "variant=cnn")
+    assert code == 1 and err[-1].startswith("deblur: error: run mixed stopped: "), err
+    assert f"{runs}/mixed/checkpoint_" in err[-1]  # the checkpoint by its URI
+    assert "checkpoint is strcnn_dtb m=1" in err[-1] and "the run trains cnn" in err[-1]
+
+    # Adam moves every weight by about lr: with lr = 1e30 the next forward pass overflows. Two DDP
+    # workers both stop at that step (none left waiting in a collective), naming it and its windows.
+    code, err = train("diverged", "lr=1e30", "num_workers=2", "checkpoint_every=1")
+    assert code == 1 and err[-1].startswith("deblur: error: run diverged stopped: "), err
+    assert re.search(
+        r"(loss is (nan|inf) at|parameters are not finite after) step \d+ on worker \d "
+        r"\(batch windows \['v\d\.mp4/clip-\d{3}/window-\d+'",
+        err[-1],
+    ), err[-1]
+    assert err[-1].endswith("; the latest checkpoint is left as it was") and err[-1].count("left as it was") == 1
+    checkpoints = storage.list_files(f"{runs}/diverged", patterns=("model.safetensors",))
+    assert checkpoints  # step 1 was still finite and saved; nothing after it
+    for uri in checkpoints:
+        model = load_checkpoint(_download(uri, "model.safetensors")).model
+        assert all(torch.isfinite(p).all() for p in model.parameters()), uri
+
+    # Any other error in a worker: Ray Train retries it max_failures times, then the worker's own
+    # message, on one line. Here the evaluation clips are gone when the first validation reads them.
+    for uri in storage.list_files(f"{dataset}/eval"):
+        storage.delete(uri)
+    code, err = train("broken", "eval_every=1", "max_failures=0")
+    assert code == 1 and err[-1].startswith("deblur: error: run broken failed: worker 0: "), err
+    assert f"{dataset}/eval/" in err[-1]

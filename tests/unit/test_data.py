@@ -9,10 +9,42 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from deblur.data import DataConfig, plan_tasks, process_video, sample_training_crop, split_for
+from deblur import storage
+from deblur.data import (
+    DataConfig,
+    _CropSampler,
+    _read_shard,
+    plan_tasks,
+    process_video,
+    sample_training_crop,
+    split_for,
+    window_key,
+)
 from deblur.synthesis import ClipParams, synthesize_clip
 from deblur.video import read_frames
 from media import write_test_video
+
+# 130 frames at tau = T = 7 and one 16-pair clip: two 8-pair windows, each in its own shard.
+TWO_SHARDS = {
+    "taus": [7],
+    "stride_max": 1.01,
+    "scale": 1.0,
+    "clip_frames": 16,
+    "window_frames": 8,
+    "min_window_frames": 8,
+    "shard_target_bytes": 1,
+    "eval_fraction": 0,
+}
+
+
+def _video_dir(tmp_path: Path, frames: int = 130) -> Path:
+    (tmp_path / "in").mkdir(exist_ok=True)
+    write_test_video(tmp_path / "in" / "clip.mp4", width=48, height=40, frames=frames, fps=240, audio=False)
+    return tmp_path / "in"
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
 def test_split_is_by_video_and_stable() -> None:
@@ -120,3 +152,80 @@ def test_bad_videos_are_skipped_with_a_reason(tmp_path: Path, content: bytes | N
     assert record["status"] == "skipped"
     assert reason in record["error"] and str(path) in record["error"]
     assert not (tmp_path / "out" / "train").exists()
+
+
+def test_shards_are_read_row_group_by_row_group_and_samples_name_their_window(tmp_path: Path) -> None:
+    config = DataConfig.from_dict({**TWO_SHARDS, "shard_target_bytes": 1 << 30})
+    (task,), _ = plan_tasks(str(_video_dir(tmp_path)), str(tmp_path / "out"), config)
+    record = process_video(task)
+    (shard,) = record["outputs"]
+    assert pq.ParquetFile(shard).num_row_groups == 2  # one window per row group
+    rows = list(_read_shard({"uri": shard}))
+    assert [(r["clip"], r["start"]) for r in rows] == [(0, 0), (0, 8)]
+    assert [window_key(r) for r in rows] == ["clip.mp4/clip-000/window-0", "clip.mp4/clip-000/window-8"]
+    sampler = _CropSampler(frames=5, crop=16, flips=True, seed=0, samples=3)
+    samples = list(sampler(rows[1]))
+    assert [s["key"] for s in samples] == ["clip.mp4/clip-000/window-8"] * 3
+    assert all(s["blurry"].shape == (5, 16, 16, 3) for s in samples)
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_a_video_that_fails_half_way_leaves_nothing_behind(tmp_path: Path, split: str) -> None:
+    config = DataConfig.from_dict(TWO_SHARDS)
+    out = tmp_path / "out"
+    (task,), _ = plan_tasks(str(_video_dir(tmp_path)), str(out), config)
+    task["split"] = split
+    # The second object of the video cannot be written (a directory holds its name): the first
+    # one was already written when the error comes.
+    second = "train/clip.mp4/shard-00001.parquet" if split == "train" else "eval/clip.mp4/clip-000/sharp.mp4"
+    (out / second).mkdir(parents=True)
+    record = process_video(task)
+    assert record["status"] == "failed" and record["outputs"] == [] and record["pairs"] == 0, record
+    assert _files(out) == []  # the first object deleted again, no record: the next run retries it
+
+
+def test_a_storage_error_is_retried_by_the_next_run(tmp_path: Path) -> None:
+    source = _video_dir(tmp_path)
+    config = DataConfig.from_dict(TWO_SHARDS)
+    (task,), _ = plan_tasks(str(source), str(tmp_path / "out"), config)
+    moved = tmp_path / "elsewhere.mp4"
+    (source / "clip.mp4").rename(moved)  # gone between listing and reading (or S3 unreachable)
+    record = process_video(task)
+    assert record["status"] == "failed" and "cannot open" in record["error"], record
+    moved.rename(source / "clip.mp4")
+    (again,), done = plan_tasks(str(source), str(tmp_path / "out"), config)
+    assert done == [] and process_video(again)["status"] == "ok"
+
+
+def test_a_rerun_with_other_settings_redoes_the_video_and_drops_its_old_shards(tmp_path: Path) -> None:
+    source, out = _video_dir(tmp_path), tmp_path / "out"
+    config = DataConfig.from_dict(TWO_SHARDS)
+    (task,), _ = plan_tasks(str(source), str(out), config)
+    first = process_video(task)
+    assert [Path(u).name for u in first["outputs"]] == ["shard-00000.parquet", "shard-00001.parquet"]
+    # Same settings, or only ones that do not shape a video's outputs: nothing to do.
+    assert plan_tasks(str(source), str(out), config)[0] == []
+    assert plan_tasks(str(source), str(out), DataConfig.from_dict({**TWO_SHARDS, "eval_fraction": 0.1}))[0] == []
+    # One 16-pair window per shard instead of two 8-pair ones: redone, and the old second shard goes.
+    bigger = DataConfig.from_dict({**TWO_SHARDS, "window_frames": 16, "min_window_frames": 16})
+    (task,), done = plan_tasks(str(source), str(out), bigger)
+    assert done == []
+    second = process_video(task)
+    assert second["status"] == "ok" and second["config_digest"] != first["config_digest"]
+    assert _files(out) == ["records/clip.mp4.json", "train/clip.mp4/shard-00000.parquet"]
+    assert pq.read_table(second["outputs"][0]).to_pylist()[0]["frames"] == 16
+    assert plan_tasks(str(source), str(out), bigger)[0] == []
+
+
+def test_listings_skip_the_staging_files_of_an_interrupted_write(tmp_path: Path) -> None:
+    source = _video_dir(tmp_path)
+    # What an interrupted `deblur corpus` leaves beside the finished videos (storage.staged_output).
+    destination = source / "video_0001.mp4"
+    with pytest.raises(RuntimeError), storage.staged_output(destination) as staged:
+        raise RuntimeError
+    staged.write_bytes(b"half a video")  # a process killed inside the block never cleans up
+    assert staged.parent == source and staged.name.startswith(".video_0001.") and staged.suffix == ".mp4"
+    storage.write_bytes(str(source / "sub" / ".hidden.mp4"), b"x")
+    assert storage.list_files(str(source)) == [str(source / "clip.mp4")]
+    tasks, _ = plan_tasks(str(source), str(tmp_path / "out"), DataConfig.from_dict(TWO_SHARDS))
+    assert [t["video_id"] for t in tasks] == ["clip.mp4"]

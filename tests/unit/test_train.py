@@ -9,13 +9,16 @@ import pytest
 import torch
 
 from deblur.train import (
+    TABLE1_SPACE,
     TrainConfig,
     TrainingError,
+    _describe_failure,
     compute_loss,
     load_train_config,
     load_training_state,
     make_optimizer,
     optimize_step,
+    run_tuning,
     save_training_state,
     weight_norm,
 )
@@ -67,14 +70,17 @@ def test_loss_falls_over_twenty_steps() -> None:
     assert losses[16] < 0.85 * losses[0], losses
 
 
-def test_non_finite_loss_names_the_step() -> None:
+def test_non_finite_loss_names_the_step_and_the_windows() -> None:
     config = load_train_config("tiny")
     model = tiny_model()
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))
     optimizer, scheduler = make_optimizer(model, config)
     batch = synthetic_batch(np.random.default_rng(0))
-    with pytest.raises(TrainingError, match="loss is nan at step 7"):
+    batch["key"] = np.array(["a.mp4/clip-000/window-0", "b.mp4/clip-002/window-16"])
+    with pytest.raises(
+        TrainingError, match=r"loss is nan at step 7 \(batch windows \['a.mp4/clip-000/window-0', 'b.mp4/clip-002/wi"
+    ):
         optimize_step(
             model,
             model,
@@ -88,6 +94,41 @@ def test_non_finite_loss_names_the_step() -> None:
         )
 
 
+def test_non_finite_parameters_stop_training_and_are_never_checkpointed(tmp_path: Path) -> None:
+    config = load_train_config("tiny")
+    torch.manual_seed(0)
+    model = tiny_model()
+    # A parameter outside the forward pass: the loss stays finite, the parameters after the step do not.
+    model.register_parameter("spare", torch.nn.Parameter(torch.tensor([float("inf")])))
+    optimizer, scheduler = make_optimizer(model, config)
+    batch = {**synthetic_batch(np.random.default_rng(0)), "key": np.array(["v.mp4/clip-001/window-8"] * 2)}
+    with pytest.raises(
+        TrainingError, match=r"parameters are not finite after step 3 \(batch windows \['v.mp4/clip-001"
+    ):
+        optimize_step(
+            model,
+            model,
+            optimizer,
+            scheduler,
+            torch.amp.GradScaler("cuda", enabled=False),
+            batch,
+            config=config,
+            device=CPU,
+            where="step 3",
+        )
+    with pytest.raises(TrainingError, match="parameters are not finite; no checkpoint written"):
+        save_training_state(
+            tmp_path / "ckpt",
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            step=3,
+            config=config,
+            provenance={},
+        )
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_presets_are_complete_and_strict() -> None:
     paper = load_train_config("paper")
     assert (paper.steps, paper.batch_size, paper.crop, paper.sequence_frames) == (300_000, 8, 128, 13)
@@ -99,6 +140,57 @@ def test_presets_are_complete_and_strict() -> None:
         load_train_config("fast")
     with pytest.raises(ValueError, match="divide evenly"):
         TrainConfig(batch_size=3, num_workers=2)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"steps": "abc"}, "training setting steps='abc': expected int"),
+        ({"steps": 2.5}, "training setting steps=2.5: expected int"),
+        ({"lr": "x"}, "training setting lr='x': expected a number"),
+        ({"lr": float("nan")}, "training setting lr=nan: expected a number"),
+        ({"amp": 1}, "training setting amp=1: expected bool"),
+        ({"variant": 3}, "training setting variant=3: expected str"),
+        ({"lr": 0}, "training setting lr must be positive, got 0.0"),
+        ({"lr_decay": 1.5}, r"training setting lr_decay must be in \(0, 1\], got 1.5"),
+        ({"keep_checkpoints": 0}, "training setting keep_checkpoints must be at least 1, got 0"),
+        ({"samples_per_window": 0}, "training setting samples_per_window must be at least 1, got 0"),
+        ({"weight_decay": -1e-5}, "training setting weight_decay must be at least 0"),
+        ({"cpus_per_worker": 0}, "training setting cpus_per_worker must be positive"),
+        ({"max_failures": -2}, "training setting max_failures must be at least -1, got -2"),
+    ],
+)
+def test_overrides_are_type_and_range_checked(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_train_config("tiny", overrides)
+
+
+def test_numbers_are_read_as_numbers() -> None:
+    # PyYAML reads "1e-4" (as in `--set lr=1e-4`) as a string; a float setting takes it as a number.
+    config = load_train_config("tiny", {"lr": "1e-4", "cpus_per_worker": 1, "max_failures": -1})
+    assert config.lr == 1e-4 and isinstance(config.cpus_per_worker, float) and config.max_failures == -1
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_default_tune_grid_sweeps_table1_and_the_optimiser() -> None:
+    assert TABLE1_SPACE["variant"] == ["cnn", "strcnn", "strcnn_dtb"] and TABLE1_SPACE["m"] == [1, 2, 3]
+    assert len(set(TABLE1_SPACE["lr"])) >= 2 and len(set(TABLE1_SPACE["weight_decay"])) >= 2
+    # Every value of a grid is checked before Ray is involved.
+    with pytest.raises(ValueError, match="training setting lr='fast': expected a number"):
+        run_tuning(load_train_config("tiny"), dataset="unused", storage_path="unused", name="x", space={"lr": ["fast"]})
+
+
+def test_a_ray_train_failure_becomes_one_line_naming_each_worker() -> None:
+    from ray.train import ControllerError, WorkerGroupError
+
+    error = WorkerGroupError(
+        "long text with a traceback",
+        {1: RuntimeError("disk full\n  Traceback ..."), 0: TrainingError("data: no full batch")},
+    )
+    assert _describe_failure(error) == (
+        "worker 0: TrainingError: data: no full batch; worker 1: RuntimeError: disk full"
+    )
+    assert _describe_failure(ControllerError(ValueError("bad\nmore"))) == "ValueError: bad"
 
 
 def test_training_state_round_trips_exactly(tmp_path: Path) -> None:
@@ -128,10 +220,20 @@ def test_training_state_round_trips_exactly(tmp_path: Path) -> None:
     for (name, a), b in zip(model.state_dict().items(), restored.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert torch.equal(torch.rand(3), expected_next)  # RNG restored
-    # Both continue identically.
+    # Adam's moments and step counts are restored too (the loss of the next step is computed before
+    # the optimizer acts, so only the state and the weights after a step can show a missing restore).
+    state, state2 = optimizer.state_dict(), optimizer2.state_dict()
+    assert state["param_groups"] == state2["param_groups"]
+    assert state["state"].keys() == state2["state"].keys() and state["state"]
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            assert torch.equal(value, state2["state"][index][key]), (index, key)
+    # Both continue identically: same loss, and the same weights after the step.
     a = optimize_step(model, model, optimizer, scheduler, scaler, batch, config=config, device=CPU)
     b = optimize_step(restored, restored, optimizer2, scheduler2, scaler, batch, config=config, device=CPU)
     assert a == b
+    for (name, p), q in zip(model.named_parameters(), restored.parameters(), strict=True):
+        assert torch.equal(p, q), name
     assert scheduler2.last_epoch == scheduler.last_epoch == 4
 
     other = tiny_model(variant="strcnn")

@@ -2,7 +2,9 @@
 
 Deblurs every video under the input prefix on the cluster the job runs on, one recurrent actor per
 video, into the same keys under the output prefix, with a manifest in OUT/_deblur/. A rerun skips
-finished videos; --dry-run lists the work. Same arguments as `deblur batch`.
+finished videos and videos that failed for bad input (--retry-failed tries those again) and retries
+transient failures; --dry-run lists the work; --precision int8 (CPU) or bf16/fp16 (GPU) runs the
+reduced-precision model, quantized once per actor. Same arguments as `deblur batch`.
 """
 
 import sys

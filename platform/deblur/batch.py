@@ -9,15 +9,18 @@ video``), encoded to a local temporary file, uploaded (multipart) to a staging k
 committed to its final key, which mirrors the input key:
 
     IN/a/b.mp4  ->  OUT/a/b.mp4
-    OUT/_deblur/records/<key>.json    one record per video, written when it ends
+    OUT/_deblur/records/<key>.json    one record per video, written when it ends (key URL-quoted)
     OUT/_deblur/manifest.json         every record and a summary, at the end of the run
     OUT/_deblur/staging/...           uploads in flight; removed when committed or failed
 
-Bad input (corrupt, unsupported, no video stream) is recorded as ``failed`` and the others go on.
-An actor that dies mid-video (process killed, node lost) is replaced and the video retried from
-its start, ``max_retries`` times; only committed keys are ever visible at their final name. A
-rerun skips videos whose record says ``ok`` for the same input version (size and ETag) and whose
-output exists. Nothing is written outside OUT_PREFIX.
+Bad input (corrupt, unsupported, no video stream, a key with an empty, ``.`` or ``..`` segment)
+is recorded as ``failed`` with ``error_kind="input"`` and the others go on. An actor that dies
+mid-video (process killed, node lost) is replaced and the video retried from its start,
+``max_retries`` times; only committed keys are ever visible at their final name. What outlasts
+the retries is recorded with ``error_kind="transient"``. A rerun skips videos whose record says
+``ok`` for the same input version (size and ETag) and whose output exists, and videos that failed
+for bad input at the same version (``retry_failed`` tries those again too); it retries transient
+failures. A rerun with nothing to do writes nothing. Nothing is written outside OUT_PREFIX.
 
 The per-video work (``deblur_object``) is plain Python, testable without Ray; only ``run_batch``
 talks to the cluster.
@@ -26,6 +29,7 @@ talks to the cluster.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 import tempfile
@@ -36,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from deblur import storage
 
@@ -62,8 +67,14 @@ class BatchConfig:
     preset: str = "medium"
     max_retries: int = 2  # per video, after an actor died or an unexpected error
     torch_threads: int = 0  # 0: one per reserved CPU
+    precision: str = "fp32"  # as `deblur video --precision`: fp32, int8 (CPU), bf16, fp16 (CUDA)
 
     def __post_init__(self) -> None:
+        if self.precision != "fp32":
+            from deblur.engine import PRECISIONS  # imports torch: only when there is something to check
+
+            if self.precision not in PRECISIONS:
+                raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.cpus_per_actor <= 0:
             raise ValueError(f"cpus_per_actor must be positive, got {self.cpus_per_actor}")
         if self.actors is not None and self.actors < 1:
@@ -90,7 +101,24 @@ def _control(output_prefix: str, *parts: str) -> str:
 
 
 def _record_uri(output_prefix: str, key: str) -> str:
-    return _control(output_prefix, "records", key.replace("/", "--") + ".json")
+    # Quoting "/" and "%" too keeps names unambiguous (a/b.mp4 and a--b.mp4 stay apart). Names too
+    # long for a file system are hashed behind "%%", which quote() never produces.
+    name = quote(key, safe="")
+    if len(name) > 200:
+        name = "%%" + hashlib.sha256(key.encode()).hexdigest()
+    return _control(output_prefix, "records", name + ".json")
+
+
+def _check_key(key: str, source: str) -> str | None:
+    """Why ``key`` cannot be mirrored below the output prefix, or None when it can."""
+    if any(segment in ("", ".", "..") for segment in key.split("/")):
+        # "a/../../x" would leave the output prefix on a file system (and on anything that syncs
+        # S3 to one); "a//x" and "./x" would land on another video's output there.
+        return f"{source}: key {key!r} has an empty, '.' or '..' path segment; not deblurred"
+    if storage.is_s3(source) and ("#" in key or "?" in key):
+        # s3:// URIs are parsed as URLs here: the key would be cut at "#" or "?" (another key).
+        return f"{source}: key {key!r} contains '#' or '?', which cannot be addressed as s3://; not deblurred"
+    return None
 
 
 def _check_prefixes(input_prefix: str, output_prefix: str) -> None:
@@ -111,36 +139,69 @@ class VideoTask:
 
 
 def plan_batch(
-    input_prefix: str, output_prefix: str, include: tuple[str, ...] = storage.VIDEO_PATTERNS
-) -> tuple[list[VideoTask], list[dict[str, Any]]]:
-    """``(videos to deblur, records of videos already done)``."""
+    input_prefix: str,
+    output_prefix: str,
+    include: tuple[str, ...] = storage.VIDEO_PATTERNS,
+    *,
+    retry_failed: bool = False,
+) -> tuple[list[VideoTask], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(videos to deblur, records of videos already done, records of keys rejected now)``.
+
+    Done: ``ok`` at the same input version with the output present, or failed for bad input at
+    the same version (unless ``retry_failed``). Transient failures are planned again.
+    """
     _check_prefixes(input_prefix, output_prefix)
     try:
         uris = storage.list_files(input_prefix)
     except storage.StorageError as error:
         raise BatchError(str(error)) from error
-    tasks, done = [], []
+    tasks, done, rejected = [], [], []
     for uri in uris:
         key = storage.relative_key(uri, input_prefix)
         if not any(fnmatch.fnmatch(key, pat) or fnmatch.fnmatch(PurePosixPath(key).name, pat) for pat in include):
             continue
-        task = VideoTask(
-            source=uri,
-            destination=storage.join_uri(output_prefix, key),
-            key=key,
-            version=storage.object_version(uri),
-        )
+        problem = _check_key(key, uri)
+        # A rejected key is rejected whatever its content (which may not even be addressable).
+        version = storage.object_version(uri) if problem is None else None
         previous = _read_record(_record_uri(output_prefix, key))
-        if (
+        if previous is not None and (previous.get("key"), previous.get("version")) != (key, version):
+            previous = None  # another key's record (older naming) or an older version of this one
+        failed_for_input = (
             previous is not None
-            and previous.get("status") == "ok"
-            and previous.get("version") == task.version
-            and storage.exists(task.destination)
+            and previous.get("status") == "failed"
+            and previous.get("error_kind") == "input"
+            and not retry_failed
+        )
+        if problem is not None:
+            if failed_for_input:
+                done.append(previous)  # its record is there already: a rerun writes nothing
+            else:
+                rejected.append(_failure(key, uri, None, None, problem, kind="input", attempts=0))
+            continue
+        task = VideoTask(source=uri, destination=storage.join_uri(output_prefix, key), key=key, version=version)
+        if failed_for_input or (
+            previous is not None and previous.get("status") == "ok" and storage.exists(task.destination)
         ):
             done.append(previous)
             continue
         tasks.append(task)
-    return tasks, done
+    return tasks, done, rejected
+
+
+def _failure(
+    key: str, source: str, destination: str | None, version: str | None, error: str, *, kind: str, **extra: Any
+) -> dict[str, Any]:
+    """The record of a video that failed; ``kind`` "input" (not worth retrying) or "transient"."""
+    return {
+        "key": key,
+        "source": source,
+        "destination": destination,
+        "version": version,
+        "status": "failed",
+        "error": error,
+        "error_kind": kind,
+        **extra,
+    }
 
 
 def _read_record(uri: str) -> dict[str, Any] | None:
@@ -155,13 +216,15 @@ def deblur_object(
     model: Any,
     *,
     staging_uri: str,
-    device: str = "auto",
+    device: Any = "auto",
     encoder: Any = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Deblur one video from object storage to object storage; returns its record.
 
-    Bad input gives ``status="failed"`` with the reason (not worth retrying). Anything else
-    (storage trouble that outlasted the client's retries, a bug) raises: the caller retries.
+    Bad input gives ``status="failed"``, ``error_kind="input"`` with the reason (not worth
+    retrying). Anything else (storage trouble that outlasted the client's retries, a bug) raises:
+    the caller retries. ``precision`` as in ``deblur_file``; an int8 ``model`` may come quantized.
     """
     from deblur.inference import deblur_file
     from deblur.video import VideoError
@@ -171,6 +234,7 @@ def deblur_object(
         "source": task.source,
         "destination": task.destination,
         "version": task.version,
+        "precision": precision,
         "status": "ok",
         "error": None,
     }
@@ -179,7 +243,9 @@ def deblur_object(
         with tempfile.TemporaryDirectory(prefix="deblur-batch-") as tmpdir:
             local = Path(tmpdir) / f"output{PurePosixPath(task.key).suffix or '.mp4'}"
             with storage.open_input(task.source) as handle:
-                result = deblur_file(handle, local, model, device=device, encoder=encoder, name=task.source)
+                result = deblur_file(
+                    handle, local, model, device=device, encoder=encoder, name=task.source, precision=precision
+                )
             storage.commit_file(local, task.destination, staging_uri=staging_uri)
         seconds = time.perf_counter() - started
         record.update(
@@ -191,30 +257,50 @@ def deblur_object(
             fps=round(result.frames / seconds, 3) if seconds > 0 else None,
         )
     except VideoError as error:
-        record.update(status="failed", error=str(error), seconds=round(time.perf_counter() - started, 3))
+        record.update(
+            status="failed", error=str(error), error_kind="input", seconds=round(time.perf_counter() - started, 3)
+        )
     return record
 
 
 class VideoWorker:
     """The body of a batch actor: one model, one video at a time, state never shared between videos."""
 
-    def __init__(self, checkpoint: str | None, device: str, torch_threads: int, encoder: dict[str, Any]) -> None:
+    def __init__(
+        self, checkpoint: str | None, device: str, torch_threads: int, encoder: dict[str, Any], precision: str = "fp32"
+    ) -> None:
         import torch
 
         from deblur.checkpoint import load_model
+        from deblur.engine import check_precision, resolve_device
         from deblur.video import EncoderOptions
 
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
-        self.model = load_model(checkpoint)
-        self.device = device
+        self.device = resolve_device(device)
+        self.precision = check_precision(precision, self.device)
+        model = load_model(checkpoint)
+        if precision == "int8":
+            from deblur.quantize import quantize_model
+
+            # Quantizing (calibration included) takes seconds: once per actor, not once per video.
+            # The engine uses an already quantized model as it is.
+            model = quantize_model(model.eval())
+        self.model = model
         self.encoder = EncoderOptions(**encoder)
 
     def pid(self) -> int:
         return os.getpid()
 
     def deblur(self, task: VideoTask, staging_uri: str) -> dict[str, Any]:
-        return deblur_object(task, self.model, staging_uri=staging_uri, device=self.device, encoder=self.encoder)
+        return deblur_object(
+            task,
+            self.model,
+            staging_uri=staging_uri,
+            device=self.device,
+            encoder=self.encoder,
+            precision=self.precision,
+        )
 
 
 @dataclass(frozen=True)
@@ -247,49 +333,133 @@ def _pool_size(config: BatchConfig, gpus_per_actor: float, videos: int) -> int:
     return max(1, min(fit, videos))
 
 
+def _write_json(uri: str, value: dict[str, Any]) -> None:
+    storage.write_bytes(uri, json.dumps(value, indent=1).encode(), content_type="application/json")
+
+
+def _write_manifest(uri: str, manifest: dict[str, Any]) -> None:
+    previous = _read_record(uri)
+    if previous is not None and all(previous.get(k) == manifest[k] for k in ("input", "output", "summary", "videos")):
+        return  # the same videos with the same records: a rerun with nothing to do writes nothing
+    _write_json(uri, manifest)
+
+
+def _abort_uploads(uris: list[str]) -> None:
+    """Abort unfinished multipart uploads to these keys.
+
+    A commit copies large staged objects onto their final key in parts; an actor killed during
+    that copy leaves an upload that is never completed (invisible, but stored and billed).
+    """
+    keys: dict[str, set[str]] = {}
+    for uri in uris:
+        if storage.is_s3(uri):
+            bucket, key = storage.split_s3_uri(uri)
+            keys.setdefault(bucket, set()).add(key)
+    client = storage.s3_client()
+    for bucket, wanted in keys.items():
+        try:
+            prefix = os.path.commonprefix(sorted(wanted))  # noqa: RUF071 -- S3 prefixes are strings, not paths
+            pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Key"] in wanted:
+                        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        except Exception as error:  # botocore raises several unrelated types
+            raise storage.StorageError(f"cannot clean up uploads in s3://{bucket}: {error}") from error
+
+
 def run_batch(
     input_prefix: str,
     output_prefix: str,
     *,
     config: BatchConfig | None = None,
     dry_run: bool = False,
+    retry_failed: bool = False,
     progress: bool = True,
     on_actor: Callable[[Any, int], None] | None = None,
 ) -> BatchRun:
     """Deblur every video under ``input_prefix`` into ``output_prefix`` on the current Ray cluster.
 
-    ``on_actor(actor, pid)`` is called for each actor started (tests use it to kill one).
+    ``retry_failed`` also retries videos that failed for bad input (e.g. after an upgrade that
+    reads a new codec). ``on_actor(actor, pid)`` is called for each actor started (tests use it
+    to kill one).
     """
     config = config or BatchConfig()
     started = time.perf_counter()
-    tasks, done = plan_batch(input_prefix, output_prefix, config.include)
-    if not tasks and not done:
+    tasks, done, rejected = plan_batch(input_prefix, output_prefix, config.include, retry_failed=retry_failed)
+    if not tasks and not done and not rejected:
         raise BatchError(f"{input_prefix}: no videos found (looked for {', '.join(config.include)})")
-    if dry_run or not tasks:
+    if dry_run:
         return BatchRun(
-            manifest_uri=None, planned=tasks, records=done, processed=0, seconds=time.perf_counter() - started
+            manifest_uri=None,
+            planned=tasks,
+            records=sorted(done + rejected, key=lambda r: r["key"]),
+            processed=0,
+            seconds=time.perf_counter() - started,
         )
+    for record in rejected:
+        _write_json(_record_uri(output_prefix, record["key"]), record)
+    records = list(rejected)
+    if tasks:
+        records += _run_actors(tasks, output_prefix, config, progress=progress, on_actor=on_actor)
 
+    everything = sorted(done + records, key=lambda r: r["key"])
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "input": input_prefix,
+        "output": output_prefix,
+        "config": asdict(config),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "summary": {s: sum(r["status"] == s for r in everything) for s in ("ok", "failed")},
+        "videos": everything,
+    }
+    manifest_uri = _control(output_prefix, "manifest.json")
+    _write_manifest(manifest_uri, manifest)
+    return BatchRun(
+        manifest_uri=manifest_uri,
+        planned=tasks,
+        records=everything,
+        processed=len(records),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _run_actors(
+    tasks: list[VideoTask],
+    output_prefix: str,
+    config: BatchConfig,
+    *,
+    progress: bool,
+    on_actor: Callable[[Any, int], None] | None,
+) -> list[dict[str, Any]]:
+    """Deblur ``tasks`` on a pool of actors; the record of each, written as it ends."""
     import ray
+    import torch
     from ray.exceptions import RayActorError, RayTaskError
 
     from deblur.checkpoint import load_checkpoint
     from deblur.cluster import connect_ray
+    from deblur.engine import check_precision
 
+    started = time.perf_counter()
     load_checkpoint(config.checkpoint)  # fail here, once, with a clear message, not in every actor
     connect_ray()
-    staging = _control(output_prefix, "staging")
-    storage.delete_prefix(staging)  # what killed runs left behind
     gpus = config.gpus_per_actor
     if gpus is None:
         gpus = 1.0 if _cluster_resources().get("GPU", 0) >= 1 else 0.0
+    # The device an actor will pick, so that int8 on a GPU or fp16 on a CPU fails here, once.
+    device = config.device if config.device != "auto" else "cuda" if gpus else "cpu"
+    check_precision(config.precision, torch.device(device))
+    staging = _control(output_prefix, "staging")
+    storage.delete_prefix(staging)  # what killed runs left behind
+    _abort_uploads([task.destination for task in tasks])  # and commits cut off mid-copy
     size = _pool_size(config, gpus, len(tasks))
     threads = config.torch_threads or max(1, int(config.cpus_per_actor))
     encoder = {"lossless": config.lossless, "crf": config.crf, "preset": config.preset}
     actor_class = ray.remote(num_cpus=config.cpus_per_actor, num_gpus=gpus, max_restarts=0)(VideoWorker)
 
     def start_actor() -> Any:
-        actor = actor_class.remote(config.checkpoint, config.device, threads, encoder)
+        actor = actor_class.remote(config.checkpoint, config.device, threads, encoder, config.precision)
         if on_actor is not None:
             on_actor(actor, ray.get(actor.pid.remote()))
         return actor
@@ -309,11 +479,7 @@ def run_batch(
     def finish(record: dict[str, Any]) -> None:
         nonlocal frames_done
         record["attempts"] = attempts.get(record["key"], 0) + 1
-        storage.write_bytes(
-            _record_uri(output_prefix, record["key"]),
-            json.dumps(record, indent=1).encode(),
-            content_type="application/json",
-        )
+        _write_json(_record_uri(output_prefix, record["key"]), record)
         records.append(record)
         frames_done += record.get("frames") or 0
         if bar is not None:
@@ -329,15 +495,17 @@ def run_batch(
             queue.append(task)
         else:
             attempts[task.key] -= 1  # the record counts attempts made, not retries granted
+            # Not the video's fault as far as we know: a rerun tries it again.
             finish(
-                {
-                    "key": task.key,
-                    "source": task.source,
-                    "destination": task.destination,
-                    "version": task.version,
-                    "status": "failed",
-                    "error": error,
-                }
+                _failure(
+                    task.key,
+                    task.source,
+                    task.destination,
+                    task.version,
+                    error,
+                    kind="transient",
+                    precision=config.precision,
+                )
             )
 
     try:
@@ -355,6 +523,7 @@ def run_batch(
                 # The actor (or its node) died mid-video: its partial upload goes, a new actor
                 # takes its place, and the video starts again from its first frame.
                 storage.delete_prefix(attempt)
+                _abort_uploads([task.destination])
                 ray.kill(actor)
                 idle.append(start_actor())
                 retry_or_fail(task, f"actor died: {str(error).splitlines()[0]}")
@@ -368,23 +537,4 @@ def run_batch(
         for actor in idle + [a for a, _, _ in in_flight.values()]:
             ray.kill(actor)
         storage.delete_prefix(staging)
-
-    everything = sorted(done + records, key=lambda r: r["key"])
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "input": input_prefix,
-        "output": output_prefix,
-        "config": asdict(config),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "summary": {s: sum(r["status"] == s for r in everything) for s in ("ok", "failed")},
-        "videos": everything,
-    }
-    manifest_uri = _control(output_prefix, "manifest.json")
-    storage.write_bytes(manifest_uri, json.dumps(manifest, indent=1).encode(), content_type="application/json")
-    return BatchRun(
-        manifest_uri=manifest_uri,
-        planned=tasks,
-        records=everything,
-        processed=len(records),
-        seconds=time.perf_counter() - started,
-    )
+    return records

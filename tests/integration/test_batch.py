@@ -36,6 +36,29 @@ def download(uri: str, tmp_path: Path) -> Path:
     return local
 
 
+def object_writes(bucket: str, prefix: str) -> list[tuple[str, str]]:
+    """Every version and delete marker under ``prefix`` (the bucket must be versioned)."""
+    name, key = storage.split_s3_uri(f"{bucket}/{prefix}")
+    listing = storage.s3_client().list_object_versions(Bucket=name, Prefix=key)
+    return sorted((v["Key"], v["VersionId"]) for v in listing.get("Versions", []) + listing.get("DeleteMarkers", []))
+
+
+def partial_output_size(pid: int) -> int | None:
+    """Size of the video file process ``pid`` is encoding right now (its local .partial file), if any."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+            if "/deblur-batch-" in target and ".partial" in target:
+                return os.stat(target).st_size
+        except OSError:
+            continue
+    return None
+
+
 def test_archive_round_trip_bad_input_and_rerun(s3_bucket: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     checkpoint = f"{s3_bucket}/models/tiny.safetensors"  # loaded from S3 by every actor
@@ -53,24 +76,40 @@ def test_archive_round_trip_bad_input_and_rerun(s3_bucket: str, tmp_path: Path) 
         storage.upload_file(path, f"{s3_bucket}/in/{key}")
     storage.write_bytes(f"{s3_bucket}/in/corrupt.mp4", b"\x00\x00\x00\x20ftypisom" + os.urandom(3000))
     storage.write_bytes(f"{s3_bucket}/in/readme.txt", b"not a video")
+    # A valid video whose key would put its output at s3://BUCKET/escape.mp4, outside out/.
+    storage.upload_file(sources["odd.mov"], f"{s3_bucket}/in/x/../../escape.mp4")
+    # What a commit killed during its server-side multipart copy leaves at a final key.
+    bucket = storage.split_s3_uri(s3_bucket)[0]
+    client = storage.s3_client()
+    upload = client.create_multipart_upload(Bucket=bucket, Key="out/a/with_audio.mp4")["UploadId"]
+    client.upload_part(Bucket=bucket, Key="out/a/with_audio.mp4", UploadId=upload, PartNumber=1, Body=b"x" * 1024)
 
     config = BatchConfig(checkpoint=checkpoint, actors=2, cpus_per_actor=0.5, lossless=True)
     dry = run_batch(f"{s3_bucket}/in", f"{s3_bucket}/out", config=config, dry_run=True)
     assert sorted(t.key for t in dry.planned) == sorted([*sources, "corrupt.mp4"])
-    assert storage.list_files(f"{s3_bucket}/out") == [] if storage.exists(f"{s3_bucket}/out") else True
+    assert [(r["key"], r["status"]) for r in dry.records] == [("x/../../escape.mp4", "failed")]
+    assert storage.list_files(f"{s3_bucket}/out") == []
 
     run = run_batch(f"{s3_bucket}/in", f"{s3_bucket}/out", config=config, progress=False)
     by_key = {r["key"]: r for r in run.records}
-    assert run.summary == {"ok": 4, "failed": 1}
+    assert run.summary == {"ok": 4, "failed": 2}
     assert "corrupt.mp4" in by_key["corrupt.mp4"]["error"] and by_key["corrupt.mp4"]["status"] == "failed"
+    assert by_key["corrupt.mp4"]["error_kind"] == "input"
+    escape = by_key["x/../../escape.mp4"]
+    assert escape["status"] == "failed" and escape["error_kind"] == "input" and "'..' path segment" in escape["error"]
+    assert all(by_key[key]["precision"] == "fp32" for key in sources)
     manifest = json.loads(storage.read_bytes(run.manifest_uri))
-    assert manifest["summary"] == {"ok": 4, "failed": 1}
-    assert {v["key"] for v in manifest["videos"]} == {*sources, "corrupt.mp4"}
+    assert manifest["summary"] == {"ok": 4, "failed": 2}
+    assert {v["key"] for v in manifest["videos"]} == {*sources, "corrupt.mp4", "x/../../escape.mp4"}
 
     # Only the mirrored outputs and the control folder were written, nothing else.
     written = {storage.relative_key(u, f"{s3_bucket}/out") for u in storage.list_files(f"{s3_bucket}/out")}
     assert {w for w in written if not w.startswith("_deblur/")} == set(sources)
     assert not any(w.startswith("_deblur/staging") for w in written)
+    everything = {storage.relative_key(u, s3_bucket) for u in storage.list_files(s3_bucket)}
+    assert {k.split("/", 1)[0] for k in everything} == {"in", "out", "models"}
+    assert not [k for k in everything if k.startswith("out/") and ".." in k.split("/")]
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
     for key, source in sources.items():
         out = download(f"{s3_bucket}/out/{key}", tmp_path)
@@ -84,12 +123,19 @@ def test_archive_round_trip_bad_input_and_rerun(s3_bucket: str, tmp_path: Path) 
         assert main(["video", *args, "--device", "cpu"]) == 0
         np.testing.assert_array_equal(decoded(out), decoded(reference))
 
-    # A rerun finds everything done and writes nothing.
-    before = {u: storage.object_version(u) for u in storage.list_files(f"{s3_bucket}/out") if "_deblur" not in u}
+    # A rerun finds everything done (bad input is not worth retrying) and writes nothing: not an
+    # output, a record or the manifest. With versioning on, any write would add a version.
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    before = object_writes(s3_bucket, "out/")
+    assert {k for k, _ in before} >= {"out/_deblur/manifest.json", *(f"out/{key}" for key in sources)}
+    assert {v for _, v in before} == {"null"}  # written before versioning: one version each
     again = run_batch(f"{s3_bucket}/in", f"{s3_bucket}/out", config=config, progress=False)
-    assert [t.key for t in again.planned] == ["corrupt.mp4"]  # only the failed one is tried again
-    assert again.processed == 1 and again.summary == {"ok": 4, "failed": 1}
-    assert {u: storage.object_version(u) for u in before} == before
+    assert again.planned == [] and again.processed == 0
+    assert again.summary == {"ok": 4, "failed": 2} and again.manifest_uri == run.manifest_uri
+    assert object_writes(s3_bucket, "out/") == before
+    # The operator can ask for the bad input to be tried again.
+    retried = run_batch(f"{s3_bucket}/in", f"{s3_bucket}/out", config=config, progress=False, retry_failed=True)
+    assert sorted(t.key for t in retried.planned) == ["corrupt.mp4"] and retried.summary == {"ok": 4, "failed": 2}
 
 
 def test_bad_prefixes_and_empty_input(s3_bucket: str) -> None:
@@ -112,10 +158,20 @@ def test_killed_actor_retries_the_video_from_its_start(s3_bucket: str, tmp_path:
     config = BatchConfig(checkpoint=str(checkpoint), actors=1, cpus_per_actor=1.0, lossless=True)
 
     def kill_first_actor_mid_video() -> None:
-        while not pids:
-            time.sleep(0.05)
-        time.sleep(2.0)  # the video takes several seconds: this lands in the middle of it
-        os.kill(pids[0], signal.SIGKILL)
+        # Kill once the actor's output file has grown past the first size it had with content
+        # (the container header): frames were decoded, deblurred and encoded, and more are to
+        # come (the file is still open for writing).
+        deadline = time.monotonic() + 300
+        while not pids and time.monotonic() < deadline:
+            time.sleep(0.02)
+        header = 0
+        while pids and time.monotonic() < deadline:
+            size = partial_output_size(pids[0]) or 0
+            if header and size > header:
+                os.kill(pids[0], signal.SIGKILL)
+                return
+            header = header or size
+            time.sleep(0.02)
 
     killer = threading.Thread(target=kill_first_actor_mid_video)
     killer.start()
@@ -132,3 +188,45 @@ def test_killed_actor_retries_the_video_from_its_start(s3_bucket: str, tmp_path:
     assert main(["video", str(source), "-o", str(reference), "--checkpoint", str(checkpoint), "--lossless", "-q"]) == 0
     np.testing.assert_array_equal(decoded(out), decoded(reference))
     assert not [u for u in storage.list_files(f"{s3_bucket}/out") if "staging" in u]
+
+
+@pytest.mark.slow
+def test_int8_batch_gives_the_frames_of_deblur_video_int8(s3_bucket: str, tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model(), checkpoint)
+    sources = {
+        "a.mp4": write_test_video(tmp_path / "a.mp4", width=40, height=30, frames=8, audio=True),
+        "b/c.mp4": write_test_video(tmp_path / "c.mp4", width=32, height=24, frames=5, audio=False),
+    }
+    for key, path in sources.items():
+        storage.upload_file(path, f"{s3_bucket}/in/{key}")
+
+    # A GPU precision on CPU actors fails before any actor starts or anything is written.
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        run_batch(
+            f"{s3_bucket}/in",
+            f"{s3_bucket}/out",
+            config=BatchConfig(checkpoint=str(checkpoint), precision="fp16", device="cpu"),
+            progress=False,
+        )
+    assert storage.list_files(f"{s3_bucket}/out") == []
+
+    # One actor quantizes once and deblurs both videos with that model.
+    config = BatchConfig(checkpoint=str(checkpoint), actors=1, lossless=True, precision="int8")
+    run = run_batch(f"{s3_bucket}/in", f"{s3_bucket}/out", config=config, progress=False)
+    assert run.summary == {"ok": 2, "failed": 0}
+    assert {r["key"]: r["precision"] for r in run.records} == dict.fromkeys(sources, "int8")
+    assert json.loads(storage.read_bytes(run.manifest_uri))["config"]["precision"] == "int8"
+    for key, source in sources.items():
+        got = decoded(download(f"{s3_bucket}/out/{key}", tmp_path))
+        references = {}
+        for precision in ("int8", "fp32"):
+            reference = tmp_path / f"ref-{precision}.mp4"
+            args = [str(source), "-o", str(reference), "--checkpoint", str(checkpoint), "--lossless", "-q"]
+            assert main(["video", *args, "--device", "cpu", "--precision", precision]) == 0
+            references[precision] = decoded(reference)
+        # Exactly equal: the same calibration frames give the same int8 model in the actor and in
+        # `deblur video` (integer kernels; the float parts do not depend on the thread count here).
+        np.testing.assert_array_equal(got, references["int8"])
+        assert not np.array_equal(got, references["fp32"])  # and it really ran in int8

@@ -173,6 +173,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         "lossless": args.lossless,
         "crf": args.crf,
         "max_retries": args.max_retries,
+        "precision": args.precision,
     }
     if args.include:
         values["include"] = tuple(args.include)
@@ -181,14 +182,22 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         args.output_prefix,
         config=BatchConfig.from_dict(values),
         dry_run=args.dry_run,
+        retry_failed=args.retry_failed,
         progress=not args.quiet,
     )
     if args.dry_run:
         for task in run.planned:
             print(f"deblur  {task.source} -> {task.destination}")
         for record in run.records:
-            print(f"done    {record['source']} -> {record['destination']}")
-        print(f"{len(run.planned)} to deblur, {len(run.records)} already done", file=sys.stderr)
+            if record["status"] == "ok":
+                print(f"done    {record['source']} -> {record['destination']}")
+            else:
+                print(f"failed  {record['source']}: {record['error']}")
+        print(
+            f"{len(run.planned)} to deblur, {run.summary['ok']} already done, {run.summary['failed']} failed "
+            "(bad input; --retry-failed tries them again)",
+            file=sys.stderr,
+        )
         return 0
     for record in run.records:
         if record["status"] != "ok":
@@ -202,43 +211,60 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
+    """A live session rebuilds the video from frames alone: constant source fps, no audio. ``--whole``
+    keeps the timestamps and the audio (the server transforms the file)."""
+    import httpx
     from tqdm import tqdm
+    from websockets.exceptions import WebSocketException
 
     from deblur.client import DeblurClient
-    from deblur.video import probe_video, read_frames, write_video
+    from deblur.video import EncoderOptions, probe_video, read_frames, write_video
 
     source = Path(args.input)
     if not source.exists():
         raise UsageError(f"{source}: no such file")
+    if source.resolve() == Path(args.output).resolve():
+        raise UsageError(f"{args.output}: output would overwrite the input")
     info = probe_video(source)
     with DeblurClient(args.url, api_key=args.api_key) as client:
-        if args.whole:
-            frames = client.deblur_video(source, args.output, lossless=args.lossless)
-            print(f"{args.output}: {frames} frames (whole-video upload)", file=sys.stderr)
-            return 0
-        bar = tqdm(total=info.frames, unit="frame", desc=source.name, disable=args.quiet, file=sys.stderr)
+        try:
+            client.health()  # an unreachable endpoint is one line, before any work
+            if args.whole:
+                frames = client.deblur_video(source, args.output, lossless=args.lossless)
+                if not args.quiet:
+                    print(f"{args.output}: {frames} frames (whole-video upload)", file=sys.stderr)
+                return 0
+            bar = tqdm(total=info.frames, unit="frame", desc=source.name, disable=args.quiet, file=sys.stderr)
 
-        def frames_in() -> Iterator[np.ndarray]:
-            for frame in read_frames(source):
-                bar.update(1)
-                yield frame
+            def frames_in() -> Iterator[np.ndarray]:
+                for frame in read_frames(source):
+                    bar.update(1)
+                    yield frame
 
-        if args.websocket:
-            out = client.stream(frames_in(), fmt=args.format)
-        else:
+            if args.websocket:
+                out = client.stream(frames_in(), fmt=args.format)
+            else:
 
-            def over_http() -> Iterator[np.ndarray]:
-                session = client.session(fmt=args.format)
-                for frame in frames_in():
-                    yield from session.push(frame)
-                yield from session.close()
+                def over_http() -> Iterator[np.ndarray]:
+                    session = client.session(fmt=args.format)
+                    for frame in frames_in():
+                        yield from session.push(frame)
+                    yield from session.close()
 
-            out = over_http()
-        from deblur.video import EncoderOptions
-
-        count = write_video(args.output, out, fps=info.fps, encoder=EncoderOptions(lossless=args.lossless))
-        bar.close()
-    print(f"{args.output}: {count} frames deblurred through a live session at {args.url}", file=sys.stderr)
+                out = over_http()
+            try:
+                # Only frames come back: written at the source's average rate, without its audio.
+                count = write_video(args.output, out, fps=info.fps, encoder=EncoderOptions(lossless=args.lossless))
+            finally:
+                bar.close()
+        except (httpx.TransportError, WebSocketException) as error:
+            raise UsageError(f"{args.url}: cannot reach the endpoint or the connection broke off ({error})") from error
+    if not args.quiet:
+        print(
+            f"{args.output}: {count} frames deblurred through a live session at {args.url} "
+            f"({float(info.fps):g} fps, no audio)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -380,10 +406,27 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--lossless", action="store_true", help="RGB H.264 at QP 0 (exact)")
     batch.add_argument("--crf", type=int, default=18, help="H.264 quality (18)")
     batch.add_argument("--max-retries", type=int, default=2, help="retries of a video whose actor died (2)")
+    batch.add_argument(
+        "--precision",
+        choices=["fp32", "int8", "bf16", "fp16"],
+        default="fp32",
+        help="as `deblur video`: fp32; int8 (CPU, x86 quantized kernels); fp16 (CUDA); bf16",
+    )
+    batch.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also retry videos that failed for bad input (a rerun retries only transient failures)",
+    )
     batch.add_argument("-q", "--quiet", action="store_true")
     batch.set_defaults(func=_cmd_batch)
 
-    stream = sub.add_parser("stream", help="deblur a video through the HTTP endpoint, frame by frame (live session)")
+    stream = sub.add_parser(
+        "stream",
+        help="deblur a video through the HTTP endpoint, frame by frame (live session)",
+        description="Deblur a video through the HTTP endpoint. A live session sends decoded frames and writes "
+        "the deblurred ones at the source's average frame rate, without audio; --whole uploads the file "
+        "and keeps its timestamps and audio.",
+    )
     stream.add_argument("input", help="a local video file")
     stream.add_argument("-o", "--output", required=True, help="output video file")
     stream.add_argument("--url", default="http://127.0.0.1:8000", help="endpoint (http://127.0.0.1:8000)")
@@ -460,6 +503,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ValueError,
     ) as exc:
         print(f"deblur: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # The environment said no (permissions, a full disk, a vanished directory): one line naming
+        # the file, not a traceback.
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"deblur: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("deblur: interrupted", file=sys.stderr)

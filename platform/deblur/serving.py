@@ -17,22 +17,30 @@ ingress (``DeblurApi``, a FastAPI app under Ray Serve, autoscaled) only parses, 
     DELETE /v1/sessions/{id}            close: the last m frames
     WS   /v1/sessions/{id}/stream       the same stream over a WebSocket
 
-Session actors are named and detached (namespace ``deblur``), so any replica can reach any
-session and a replica that dies takes no session with it. An idle session closes itself after
-``session_timeout_s``; a session whose actor is gone answers 410, never a silent restart from an
-empty state. Frames must arrive with consecutive ``seq`` numbers (409 otherwise).
+Session actors are named and detached (namespace ``deblur``), so any replica of the application
+can reach any of its sessions (the name carries the application's name: another application, with
+another key or model, cannot) and a replica that dies takes no session with it. An idle session
+closes itself after ``session_timeout_s``; a session whose actor is gone answers 410, never a silent
+restart from an empty state. Frames must arrive with consecutive ``seq`` numbers (409 otherwise).
+A session whose actor cannot start within ``session_start_timeout_s`` (the cluster is full), or one
+past ``max_sessions``, answers 503 and leaves no actor behind.
 
 Limits (413/422), an optional API key (401) and S3 prefix confinement (403) are checked in the
-ingress, before any work. Everything the ingress calls is plain Python (``decode_frame``,
-``check_uri``, ``ServingConfig``...), testable without a cluster.
+ingress, before any work; an S3 job's video is probed by its actor against the same limits (a
+refused job ends ``failed`` with the reason). ``precision`` (fp32, int8, bf16, fp16, as ``deblur
+video --precision``) applies to every actor, each quantizing its model once. Everything the
+ingress calls is plain Python (``decode_frame``, ``parse_control``, ``check_uri``,
+``check_video_limits``, ``ServingConfig``...), testable without a cluster.
 """
 
 import asyncio
 import base64
 import collections
+import hmac
 import io
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -40,7 +48,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -56,14 +64,18 @@ __all__ = [
     "SessionActor",
     "build_app",
     "check_uri",
+    "check_video_limits",
     "decode_frame",
     "encode_frame",
+    "parse_control",
 ]
 
 API_VERSION = "v1"
 NAMESPACE = "deblur"
 SESSION_PREFIX = "deblur-session-"
 JOB_PREFIX = "deblur-job-"
+FORMATS = ("raw", "png")  # how deblurred frames travel back
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: anything else names no session
 
 
 @dataclass(frozen=True)
@@ -79,18 +91,30 @@ class ServingConfig:
     max_height: int = 2160
     session_timeout_s: float = 300.0
     upload_timeout_s: float = 60.0  # an upload that sends no data for this long is cut off (408)
+    session_start_timeout_s: float = 60.0  # a session actor not started by then (cluster full): 503
+    max_sessions: int | None = None  # open sessions of this application at once; more: 503. None: no limit
     session_cpus: float = 1.0
     session_gpus: float | None = None  # None: 1 when the cluster has GPUs, else 0 (CPU fallback)
     allowed_prefixes: tuple[str, ...] = ()  # s3:// prefixes jobs may read and write; () = none
     job_ttl_s: float = 3600.0
     crf: int = 18
+    precision: str = "fp32"  # as `deblur video --precision`: fp32, int8 (CPU), bf16, fp16 (CUDA)
 
     def __post_init__(self) -> None:
+        from deblur.engine import PRECISIONS
+
         for prefix in self.allowed_prefixes:
             if not prefix.startswith("s3://") or len(prefix.rstrip("/")) <= len("s3://"):
                 raise ValueError(f"allowed_prefixes: {prefix!r} is not an s3://bucket[/prefix]")
-        if self.session_timeout_s <= 0 or self.max_upload_mb <= 0 or self.upload_timeout_s <= 0:
-            raise ValueError("session_timeout_s, upload_timeout_s and max_upload_mb must be positive")
+        positive = ("session_timeout_s", "upload_timeout_s", "session_start_timeout_s", "max_upload_mb")
+        if any(getattr(self, name) <= 0 for name in positive):
+            raise ValueError(f"{', '.join(positive)} must be positive")
+        if self.max_sessions is not None and (
+            not isinstance(self.max_sessions, int) or isinstance(self.max_sessions, bool) or self.max_sessions < 1
+        ):
+            raise ValueError(f"max_sessions must be a positive integer or null, got {self.max_sessions!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: unknown {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> "ServingConfig":
@@ -162,6 +186,11 @@ def decode_frame(
             with Image.open(io.BytesIO(body)) as image:
                 _check_size(image.width, image.height, config)  # before decoding the pixels
                 return np.asarray(image.convert("RGB"))
+        except Image.DecompressionBombError as error:
+            # PIL refuses a header that declares a giant image (a few bytes can claim 10^9 pixels).
+            raise ApiError(
+                422, f"the {kind} image is too large ({error}); the limit is {config.max_width}x{config.max_height}"
+            ) from error
         except (UnidentifiedImageError, OSError, ValueError) as error:
             raise ApiError(422, f"not a readable {kind} image ({error})") from error
     raise ApiError(415, f"unsupported frame type {kind!r}: use image/png, image/jpeg or application/octet-stream")
@@ -170,6 +199,44 @@ def decode_frame(
 def _check_size(width: int, height: int, config: ServingConfig) -> None:
     if width > config.max_width or height > config.max_height:
         raise ApiError(422, f"frame {width}x{height} exceeds the limit {config.max_width}x{config.max_height}")
+
+
+def check_video_limits(info: Any, config: ServingConfig, *, name: str) -> None:
+    """The resolution and declared length of a probed video (``VideoInfo``) against the limits (422)."""
+    try:
+        _check_size(info.width, info.height, config)
+    except ApiError as error:
+        raise ApiError(422, f"{name}: {error.message}") from None
+    if info.frames is not None and info.frames > config.max_frames:
+        raise ApiError(422, f"{name}: {info.frames} frames exceeds the limit of {config.max_frames}")
+
+
+def _check_format(fmt: str | None) -> str:
+    if fmt not in FORMATS:
+        raise ApiError(422, f"output must be raw or png, got {fmt!r}")
+    return fmt
+
+
+def parse_control(text: str) -> dict[str, Any]:
+    """A WebSocket text message: ``{"type": "finish"}``, or settings ``{"format", "width", "height"}``."""
+    try:
+        control = json.loads(text)
+    except ValueError as error:
+        raise ApiError(400, f"a text message must be JSON ({error})") from error
+    if not isinstance(control, dict):
+        raise ApiError(400, f"a text message must be a JSON object, got {type(control).__name__}")
+    known = {"type", "format", "width", "height"}
+    if set(control) - known:
+        raise ApiError(422, f"unknown key(s) {sorted(set(control) - known)} in a text message; known: {sorted(known)}")
+    if control.get("type", "settings") not in ("settings", "finish"):
+        raise ApiError(422, f"type must be settings or finish, got {control['type']!r}")
+    if "format" in control:
+        _check_format(control["format"])
+    for key in ("width", "height"):
+        value = control.get(key)
+        if key in control and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ApiError(422, f"{key} must be a positive integer, got {value!r}")
+    return control
 
 
 def encode_frame(frame: np.ndarray, fmt: str) -> bytes:
@@ -212,7 +279,10 @@ class SessionActor:
         torch.set_num_threads(max(1, threads))
         settings = ServingConfig.from_dict(config)
         self.session_id = session_id
-        self.engine = OnlineDeblurrer(load_model(settings.checkpoint), device=settings.device)
+        # int8: the engine quantizes the model here, once for the whole session.
+        self.engine = OnlineDeblurrer(
+            load_model(settings.checkpoint), device=settings.device, precision=settings.precision
+        )
         self.timeout = settings.session_timeout_s
         self.next_seq = 0
         self.closed: str | None = None
@@ -221,7 +291,12 @@ class SessionActor:
         threading.Thread(target=self._watchdog, daemon=True).start()
 
     def ready(self) -> dict[str, Any]:
-        return {"session_id": self.session_id, "m": self.engine.m, "device": str(self.engine.device)}
+        return {
+            "session_id": self.session_id,
+            "m": self.engine.m,
+            "device": str(self.engine.device),
+            "precision": self.engine.precision,
+        }
 
     def push(self, seq: int, frame: np.ndarray) -> list[tuple[int, np.ndarray]]:
         with self.lock:
@@ -282,7 +357,8 @@ class SessionActor:
 
 
 class JobActor:
-    """Deblurs one S3 object into another (``batch.deblur_object``) and remembers the outcome."""
+    """Deblurs one S3 object into another (as ``batch.deblur_object`` does, within the endpoint's limits
+    and at its precision) and remembers the outcome."""
 
     def __init__(self, job_id: str, source: str, destination: str, config: dict[str, Any], threads: int) -> None:
         self.job_id, self.source, self.destination = job_id, source, destination
@@ -296,27 +372,42 @@ class JobActor:
         import torch
 
         from deblur import storage
-        from deblur.batch import VideoTask, deblur_object
         from deblur.checkpoint import load_model
-        from deblur.video import EncoderOptions
+        from deblur.engine import OnlineDeblurrer
+        from deblur.video import EncoderOptions, VideoError, probe_video, transform_video
 
         torch.set_num_threads(max(1, self.threads))
+        started = time.perf_counter()
         try:
-            task = VideoTask(
-                source=self.source,
-                destination=self.destination,
-                key=self.destination.rsplit("/", 1)[-1],
-                version=storage.object_version(self.source),
-            )
-            staging = f"{self.destination}.staging-{self.job_id}"
-            record = deblur_object(
-                task,
-                load_model(self.config.checkpoint),
-                staging_uri=staging,
-                device=self.config.device,
-                encoder=EncoderOptions(crf=self.config.crf),
-            )
-            self.state.update(status=record["status"], record=record, error=record.get("error"))
+            # The limits of an upload: the header before any work, then the frames as they come (a
+            # container need not declare how many it holds).
+            with storage.open_input(self.source) as handle:
+                info = probe_video(handle, name=self.source)
+            check_video_limits(info, self.config, name=self.source)
+            model = load_model(self.config.checkpoint)
+            engine = OnlineDeblurrer(model, device=self.config.device, precision=self.config.precision)
+            processor = _FrameLimit(engine, self.config.max_frames, self.source)
+            with tempfile.TemporaryDirectory(prefix="deblur-job-") as tmpdir:
+                local = Path(tmpdir) / f"output{PurePosixPath(self.destination).suffix or '.mp4'}"
+                with storage.open_input(self.source) as handle:
+                    encoder = EncoderOptions(crf=self.config.crf)
+                    result = transform_video(handle, local, processor, encoder=encoder, name=self.source)
+                storage.commit_file(local, self.destination, staging_uri=f"{self.destination}.staging-{self.job_id}")
+            seconds = time.perf_counter() - started
+            record = {
+                "source": self.source,
+                "destination": self.destination,
+                "frames": result.frames,
+                "width": result.info.width,
+                "height": result.info.height,
+                "video_fps": str(result.info.fps),
+                "precision": self.config.precision,
+                "seconds": round(seconds, 3),
+                "fps": round(result.frames / seconds, 3) if seconds > 0 else None,
+            }
+            self.state.update(status="ok", record=record, error=None)
+        except (VideoError, ApiError) as error:  # bad input or over a limit: the message names the input
+            self.state.update(status="failed", error=str(error))
         except Exception as error:  # reported to the client, never a silent failure
             self.state.update(status="failed", error=f"{type(error).__name__}: {error}")
         self.state["seconds"] = round(time.time() - self.started, 3)
@@ -382,7 +473,10 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
 
     @api.exception_handler(ApiError)
     async def api_error(_: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": error.message}, status_code=error.status)
+        # A body cut off unread (too large, stalled): without "close" the HTTP server would keep the
+        # connection and read the rest of the upload only to discard it.
+        headers = {"Connection": "close"} if error.status in (408, 413) else None
+        return JSONResponse({"detail": error.message}, status_code=error.status, headers=headers)
 
     @serve.deployment(
         ray_actor_options={"num_cpus": 0.25},
@@ -392,15 +486,29 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     @serve.ingress(api)
     class DeblurApi:
         def __init__(self, settings: dict[str, Any]) -> None:
+            import torch
+
             from deblur.checkpoint import load_checkpoint
+            from deblur.engine import check_precision
 
             self.config = ServingConfig.from_dict(settings)
             loaded = load_checkpoint(self.config.checkpoint)  # fail at start, not per request
-            self.model_info = {"variant": loaded.config.variant, "m": loaded.config.m, "source": loaded.source}
+            self.model_info = {
+                "variant": loaded.config.variant,
+                "m": loaded.config.m,
+                "source": loaded.source,
+                "precision": self.config.precision,
+            }
             gpus = self.config.session_gpus
             if gpus is None:
                 gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
             self.session_gpus = gpus
+            # The actors' device, as they will resolve it: int8 needs CPU actors, fp16 GPU ones.
+            device = self.config.device if self.config.device != "auto" else ("cuda" if gpus else "cpu")
+            check_precision(self.config.precision, torch.device(device))
+            # Sessions are named after the application: one application (its key, its model) never
+            # reaches another's sessions, and max_sessions counts its own.
+            self.session_prefix = f"{SESSION_PREFIX}{serve.get_replica_context().app_name}/"
             self.threads = max(1, int(self.config.session_cpus))
             self.stats = _Stats()
             self.sample: Path | None = None
@@ -417,7 +525,8 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
                 given = auth[7:].strip()
             if given is None and isinstance(request, WebSocket):
                 given = request.query_params.get("api_key")
-            if given != key:
+            # Constant time: how long a wrong key takes must not tell how much of it was right.
+            if given is None or not hmac.compare_digest(given.encode(), key.encode()):
                 raise ApiError(401, "missing or wrong API key (send it as X-API-Key)")
 
         def _actor_options(self, name: str) -> dict[str, Any]:
@@ -430,19 +539,48 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
                 "max_restarts": 0,
             }
 
-        async def _open_session(self) -> tuple[str, Any]:
+        def _count_sessions(self) -> int:
+            names = [
+                a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == NAMESPACE
+            ]
+            prefix = self.session_prefix
+            return sum(n.startswith(prefix) and bool(_SESSION_ID.fullmatch(n[len(prefix) :])) for n in names)
+
+        async def _open_session(self) -> tuple[str, Any, dict[str, Any]]:
+            """A started session actor and its ``ready()`` info; 503 when none can start (no actor is left)."""
+            limit = self.config.max_sessions
+            # Replicas count apart: at the same instant two of them may each take the last place.
+            if limit is not None and self._count_sessions() >= limit:
+                raise ApiError(503, f"{limit} sessions are open, the limit (max_sessions): try again later")
             session_id = uuid.uuid4().hex
             actor = (
                 ray.remote(SessionActor)
-                .options(**self._actor_options(SESSION_PREFIX + session_id))
+                .options(**self._actor_options(self.session_prefix + session_id))
                 .remote(session_id, asdict(self.config), self.threads)
             )
-            await actor.ready.remote()
-            return session_id, actor
+            wait = self.config.session_start_timeout_s
+            try:
+                info = await asyncio.wait_for(actor.ready.remote(), wait)
+            except TimeoutError:
+                # Still pending (the cluster is full): never leave it to start later, unused.
+                ray.kill(actor, no_restart=True)
+                raise ApiError(
+                    503,
+                    f"no room for a new session: its actor ({self.config.session_cpus:g} CPU, "
+                    f"{self.session_gpus:g} GPU) did not start within {wait:g} s; try again later",
+                ) from None
+            except RayActorError as error:
+                raise ApiError(503, f"a new session's actor failed to start ({error}); try again later") from error
+            except BaseException:  # e.g. the client went away: the actor is nobody's
+                ray.kill(actor, no_restart=True)
+                raise
+            return session_id, actor, info
 
         def _session(self, session_id: str) -> Any:
             try:
-                return ray.get_actor(SESSION_PREFIX + session_id, namespace=NAMESPACE)
+                if not _SESSION_ID.fullmatch(session_id):
+                    raise ValueError(session_id)
+                return ray.get_actor(self.session_prefix + session_id, namespace=NAMESPACE)
             except ValueError:
                 raise ApiError(
                     410, f"session {session_id} does not exist: it was closed, timed out, or its actor died"
@@ -513,7 +651,8 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
                 a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == NAMESPACE
             ]
             return {
-                "open_sessions": sum(n.startswith(SESSION_PREFIX) for n in names),
+                "open_sessions": self._count_sessions(),  # of this application
+                "max_sessions": self.config.max_sessions,
                 "running_jobs": sum(n.startswith(JOB_PREFIX) for n in names),
                 **self.stats.summary(),
             }
@@ -521,8 +660,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
         @api.post(f"/{API_VERSION}/sessions", status_code=201)
         async def open_session(self, request: Request) -> dict[str, Any]:
             self._authorize(request)
-            _, actor = await self._open_session()
-            info = await actor.ready.remote()
+            _, _, info = await self._open_session()
             return {**info, "timeout_s": self.config.session_timeout_s}
 
         @api.get(f"/{API_VERSION}/sessions/{{session_id}}")
@@ -547,9 +685,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
             assert isinstance(body, bytes)
             kind = request.headers.get("content-type", "application/octet-stream")
             frame = decode_frame(body, kind, width=width, height=height, config=self.config)
-            fmt = output or ("raw" if "octet-stream" in kind or "raw" in kind else "png")
-            if fmt not in ("raw", "png"):
-                raise ApiError(422, f"output must be raw or png, got {fmt!r}")
+            fmt = _check_format(output or ("raw" if "octet-stream" in kind or "raw" in kind else "png"))
             started = time.perf_counter()
             ready = await self._call(session_id, "push", seq, frame)
             self.stats.add(time.perf_counter() - started, len(ready))
@@ -558,6 +694,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
         @api.delete(f"/{API_VERSION}/sessions/{{session_id}}")
         async def close_session(self, session_id: str, request: Request, output: str = "png") -> dict[str, Any]:
             self._authorize(request)
+            _check_format(output)  # before finishing: a refused close leaves the session open
             tail = await self._call(session_id, "finish")
             return {"session_id": session_id, "closed": True, "format": output, "frames": _frames_json(tail, output)}
 
@@ -565,7 +702,9 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
         async def stream(self, websocket: WebSocket, session_id: str) -> None:
             """Binary messages in: frames (PNG/JPEG, or raw after a {"format": "raw", ...} text
             message); binary messages out: deblurred frames in order. Send {"type": "finish"}
-            to receive the last m frames and a {"type": "done"} message."""
+            to receive the last m frames and a {"type": "done"} message. Bad input gets a
+            {"type": "error", "status": 4xx, "detail": ...} message, then the socket closes with code
+            4000 + status (e.g. 4422) and the detail as its reason."""
             await websocket.accept()
             fmt, width, height, seq = "png", None, None, 0
             try:
@@ -575,7 +714,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
                     if message.get("type") == "websocket.disconnect":
                         return
                     if message.get("text") is not None:
-                        control = json.loads(message["text"])
+                        control = parse_control(message["text"])
                         if control.get("type") == "finish":
                             tail = await self._call(session_id, "finish")
                             for _, frame in tail:
@@ -598,7 +737,9 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
                 await websocket.send_text(
                     json.dumps({"type": "error", "status": error.status, "detail": error.message})
                 )
-                await websocket.close(code=4000 + error.status)
+                # A close reason holds at most 123 bytes of UTF-8.
+                reason = error.message.encode()[:123].decode(errors="ignore")
+                await websocket.close(code=4000 + error.status, reason=reason)
             except WebSocketDisconnect:
                 return
 
@@ -623,12 +764,8 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
                     info = await asyncio.to_thread(probe_video, source, name=filename)
                 except VideoError as error:
                     raise ApiError(422, str(error)) from error
-                _check_size(info.width, info.height, self.config)
-                if info.frames is not None and info.frames > self.config.max_frames:
-                    raise ApiError(
-                        422, f"{filename}: {info.frames} frames exceeds the limit of {self.config.max_frames}"
-                    )
-                _, actor = await self._open_session()
+                check_video_limits(info, self.config, name=filename)
+                _, actor, _ = await self._open_session()
                 processor = _RemoteProcessor(actor, self.config.max_frames, self.stats)
                 encoder = EncoderOptions(lossless=lossless, crf=self.config.crf)
                 try:
@@ -676,6 +813,13 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
                 raise ApiError(422, "input and output must differ")
             if not await asyncio.to_thread(storage.exists, source):
                 raise ApiError(404, f"input {source} does not exist")
+            # The upload limit holds for jobs too (object_version is "size:etag"); the job's actor
+            # checks the resolution and length.
+            size = int((await asyncio.to_thread(storage.object_version, source)).split(":", 1)[0])
+            if size > self.config.max_upload_bytes:
+                raise ApiError(
+                    413, f"input {source} has {size} bytes, over the limit of {self.config.max_upload_bytes} bytes"
+                )
             job_id = uuid.uuid4().hex
             ray.remote(JobActor).options(**self._actor_options(JOB_PREFIX + job_id)).remote(
                 job_id, source, destination, asdict(self.config), self.threads
@@ -716,6 +860,23 @@ class _RemoteProcessor:
         import ray
 
         return [out for _, out in ray.get(self.actor.finish.remote())]
+
+
+class _FrameLimit:
+    """A frame processor that refuses frame ``max_frames + 1`` (of a video that did not declare its length)."""
+
+    def __init__(self, processor: Any, max_frames: int, name: str) -> None:
+        self.processor, self.max_frames, self.name = processor, max_frames, name
+        self.pushed = 0
+
+    def push(self, frame: np.ndarray) -> list[np.ndarray]:
+        if self.pushed >= self.max_frames:
+            raise ApiError(422, f"{self.name}: the video has more than {self.max_frames} frames (the limit)")
+        self.pushed += 1
+        return self.processor.push(frame)
+
+    def finish(self) -> list[np.ndarray]:
+        return self.processor.finish()
 
 
 def _frames_json(frames: list[tuple[int, np.ndarray]], fmt: str) -> list[dict[str, Any]]:

@@ -78,3 +78,62 @@ def test_a_bad_upload_shows_the_servers_message(serve_endpoint: dict, tmp_path: 
             assert text.startswith("Error 422") and "junk.mp4" in text
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def prefixed_endpoint(serve_endpoint: dict, test_api_key: tuple[str, str]) -> str:
+    """The app under a route prefix, with an API key and limits that let the sample (480x270) through.
+    The page must call the API beside itself: an absolute /v1/... would reach the app at /, whose
+    320x240 limit refuses the sample."""
+    from ray import serve
+
+    from deblur.serving import build_app
+
+    config = {
+        "checkpoint": str(serve_endpoint["checkpoint"]),
+        "device": "cpu",
+        "session_cpus": 0.25,
+        "max_width": 640,
+        "max_height": 480,
+        "api_key_env": test_api_key[0],
+    }
+    serve.run(build_app(config), name="prefixed", route_prefix="/viewer")
+    return f"{serve_endpoint['url']}/viewer"
+
+
+@pytest.mark.parametrize("trailing_slash", [False, True])
+def test_the_sample_under_a_route_prefix(prefixed_endpoint: str, serve_endpoint: dict, trailing_slash: bool) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(prefixed_endpoint + ("/" if trailing_slash else ""))
+            assert page.title().startswith("deblur")
+            page.click("#sample")
+            # The server renders the sample on first use: seconds on a free machine, minutes on a busy one.
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('Ready: sample.mp4')", timeout=400_000
+            )
+            page.fill("#key", serve_endpoint["key"])
+            page.click("#run")
+            page.wait_for_function(
+                "/^(Done|Error)/.test(document.getElementById('status').textContent)", timeout=120_000
+            )
+            status = page.text_content("#status")
+            assert status.startswith("Done: 15 frames"), status
+            page.wait_for_function("document.getElementById('output').readyState >= 1", timeout=30_000)
+            size = page.evaluate(
+                "[document.getElementById('output').videoWidth, document.getElementById('output').videoHeight]"
+            )
+            assert size == [480, 270]
+            api_calls = [url for url in requests if "/v1/" in url]
+            assert api_calls and all(url.startswith(prefixed_endpoint + "/v1/") for url in api_calls), api_calls
+            assert errors == []
+        finally:
+            browser.close()

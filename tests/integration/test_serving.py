@@ -3,23 +3,90 @@
 from __future__ import annotations
 
 import io
+import json
+import struct
 import threading
 import time
+import zlib
+from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from deblur import storage
 from deblur.checkpoint import load_model
+from deblur.cli import main
 from deblur.client import DeblurClient, EndpointError
 from deblur.engine import deblur_frames
 from deblur.video import read_frames
 from media import pattern_frame, stream_facts, write_test_video
 
 pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, with no pixel data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(0.25)
+
+
+def named_sessions(app: str) -> list[str]:
+    import ray
+
+    prefix = f"deblur-session-{app}/"
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def int8_endpoint(serve_endpoint: dict) -> str:
+    """A third app: int8 sessions, one session at a time, videos of at most 10 frames, short-lived jobs."""
+    from ray import serve
+
+    from deblur.serving import build_app
+
+    config = {
+        "checkpoint": str(serve_endpoint["checkpoint"]),
+        "device": "cpu",
+        "precision": "int8",
+        "session_cpus": 0.25,
+        "max_sessions": 1,
+        "max_frames": 10,
+        "max_upload_mb": 2,
+        "max_width": 320,
+        "max_height": 240,
+        "allowed_prefixes": [f"{serve_endpoint['bucket']}/jobs"],
+        "job_ttl_s": 30.0,  # a finished job's actor keeps its CPU reservation until then
+    }
+    serve.run(build_app(config), name="int8", route_prefix="/int8")
+    return f"{serve_endpoint['url']}/int8"
+
+
+def offline_int8(checkpoint: Path, frames: list[np.ndarray]) -> list[np.ndarray]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a session actor with under one CPU
+    try:
+        return list(deblur_frames(load_model(checkpoint), frames, device="cpu", precision="int8"))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def offline(checkpoint: Path, frames: list[np.ndarray]) -> list[np.ndarray]:
@@ -138,6 +205,8 @@ def test_bad_input_gets_a_4xx_with_a_message(serve_endpoint: dict, tmp_path: Pat
     Image.fromarray(big).save(big_png, format="PNG")  # a small body, but too many pixels
     r = push(0, big_png.getvalue(), {"Content-Type": "image/png"})
     assert r.status_code == 422 and "exceeds the limit 320x240" in detail(r)
+    r = push(0, png_declaring(20_000, 20_000), {"Content-Type": "image/png"})  # a 57-byte "decompression bomb"
+    assert r.status_code == 422 and "too large" in detail(r)
     assert push(0, frame.tobytes(), raw, width=20, height=10).status_code == 200
     r = push(2, frame.tobytes(), raw, width=20, height=10)
     assert r.status_code == 409 and "expected frame seq=1" in detail(r)
@@ -145,6 +214,9 @@ def test_bad_input_gets_a_4xx_with_a_message(serve_endpoint: dict, tmp_path: Pat
     r = push(1, other.tobytes(), raw, width=22, height=10)
     assert r.status_code == 422 and "22x10" in detail(r)
     assert push(1, frame.tobytes(), raw, width=20, height=10).status_code == 200  # the session survived
+    r = http.delete(f"/v1/sessions/{sid}", params={"output": "jpeg"})
+    assert r.status_code == 422 and "raw or png, got 'jpeg'" in detail(r)
+    assert http.get(f"/v1/sessions/{sid}").json()["closed"] is None  # a refused close left it open
     assert http.delete(f"/v1/sessions/{sid}").status_code == 200
     r = push(2, frame.tobytes(), raw, width=20, height=10)
     assert r.status_code == 410
@@ -193,14 +265,32 @@ def test_api_key_is_enforced(serve_endpoint: dict) -> None:
     assert r.status_code == 401 and "API key" in r.json()["detail"]
     assert httpx.post(f"{url}/v1/sessions", headers={"X-API-Key": "wrong"}).status_code == 401
     assert httpx.get(f"{url}/v1/metrics").status_code == 401
+    ready = httpx.get(f"{url}/v1/ready").json()  # a probe: no key
+    assert ready["status"] == "ready" and ready["model"]["m"] == 1 and ready["model"]["precision"] == "fp32"
     with DeblurClient(url, api_key=serve_endpoint["key"]) as client:
+        before = client.metrics()
         session = client.session()
+        assert client.metrics()["open_sessions"] == before["open_sessions"] + 1
+        # A session belongs to its application: the open app at / cannot reach the keyed app's session.
+        r = httpx.post(f"{serve_endpoint['url']}/v1/sessions/{session.id}/frames", params={"seq": 0}, content=b"")
+        assert r.status_code == 410
         frames = video_frames(3, 16, 16)
-        out = [f for frame in frames for f in session.push(frame)] + session.close()
+        out = [f for frame in frames for f in session.push(frame)]
+        after = client.metrics()
+        # m = 1: the three pushes returned frames 0 and 1; each push was timed.
+        assert len(out) == 2 and after["frames_total"] == before["frames_total"] + 2
+        latency = after["push_latency_ms"]
+        assert latency["count"] == before["push_latency_ms"]["count"] + 3
+        assert latency["p50"] > 0 and latency["p99"] >= latency["p50"]
+        assert after["frames_per_s_last_minute"] > before["frames_per_s_last_minute"]
+        out += session.close()
         assert len(out) == 3
-        assert client.metrics()["open_sessions"] >= 0
+        # A closed session's actor exits a moment after its last reply.
+        wait_for(lambda: client.metrics()["open_sessions"] == before["open_sessions"], "the closed session to go")
     r = httpx.post(f"{url}/v1/sessions", headers={"Authorization": f"Bearer {serve_endpoint['key']}"})
     assert r.status_code == 201
+    sid = r.json()["session_id"]
+    assert httpx.delete(f"{url}/v1/sessions/{sid}", headers={"X-API-Key": serve_endpoint["key"]}).status_code == 200
 
 
 def test_s3_job_is_submitted_and_polled(serve_endpoint: dict, tmp_path: Path) -> None:
@@ -223,3 +313,158 @@ def test_openapi_documents_the_versioned_api(serve_endpoint: dict) -> None:
     paths = set(spec["paths"])
     assert {"/v1/videos", "/v1/sessions", "/v1/sessions/{session_id}/frames", "/v1/jobs", "/v1/jobs/{job_id}"} <= paths
     assert spec["info"]["version"] == "v1"
+
+
+def test_bad_websocket_input_gets_an_error_and_a_4xxx_close(serve_endpoint: dict) -> None:
+    url = serve_endpoint["url"]
+    sid = httpx.post(f"{url}/v1/sessions").json()["session_id"]
+    ws_url = url.replace("http://", "ws://") + f"/v1/sessions/{sid}/stream"
+    cases: list[tuple[str | bytes, int, str]] = [
+        ("not json", 400, "must be JSON"),
+        ("[1, 2]", 400, "JSON object, got list"),
+        ('{"format": "raw", "width": "abc", "height": 10}', 422, "width must be a positive integer"),
+        ('{"format": "jpeg"}', 422, "raw or png"),
+        (b"not a png", 422, "not a readable image/png"),
+    ]
+    for message, status, words in cases:
+        with connect(ws_url) as ws:
+            ws.send(message)
+            error = json.loads(ws.recv(timeout=30))
+            assert error["type"] == "error" and error["status"] == status and words in error["detail"], message
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=30)
+            assert ws.close_code == 4000 + status, (message, ws.close_code)
+            assert words in (ws.close_reason or ""), (message, ws.close_reason)
+    # The replica and the session are unharmed: the session takes its first frame.
+    assert httpx.get(f"{url}/v1/health").json() == {"status": "ok"}
+    frame = pattern_frame(0, 20, 10)
+    r = httpx.post(
+        f"{url}/v1/sessions/{sid}/frames",
+        params={"seq": 0, "width": 20, "height": 10},
+        content=frame.tobytes(),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 200
+    assert httpx.delete(f"{url}/v1/sessions/{sid}").status_code == 200
+
+
+def test_deblur_stream_command_live_and_whole(serve_endpoint: dict, tmp_path: Path) -> None:
+    url, checkpoint = serve_endpoint["url"], serve_endpoint["checkpoint"]
+    source = write_test_video(tmp_path / "in.mp4", width=40, height=30, frames=12, fps=25, audio=True)
+    want = stream_facts(source)
+    expected = offline(checkpoint, list(read_frames(source)))
+    # A live session (over HTTP, then over the WebSocket): the frames at the source's rate, no audio.
+    for name, extra in (("live.mp4", []), ("ws.mp4", ["--websocket", "--format", "png"])):
+        out = tmp_path / name
+        assert main(["stream", str(source), "-o", str(out), "--url", url, "--lossless", "-q", *extra]) == 0
+        got = stream_facts(out)
+        assert got["frames"] == 12 and got["fps"] == want["fps"] == Fraction(25) and got["size"] == want["size"]
+        assert got["times"] == want["times"]  # the source is constant-rate
+        assert want["audio"] and got["audio"] == []
+        for g, e in zip(read_frames(out), expected, strict=True):
+            np.testing.assert_array_equal(g, e)
+    # --whole: the server transforms the file, timestamps and audio included.
+    whole = tmp_path / "whole.mp4"
+    assert main(["stream", str(source), "-o", str(whole), "--url", url, "--whole", "--lossless", "-q"]) == 0
+    got = stream_facts(whole)
+    for fact in ("frames", "times", "fps", "size", "audio", "audio_packets"):
+        assert got[fact] == want[fact], fact
+    for g, e in zip(read_frames(whole), expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+    # Refusals: one line, status 1, nothing written.
+    assert main(["stream", str(source), "-o", str(source), "--url", url, "-q"]) == 1
+    large = write_test_video(tmp_path / "large.mp4", width=400, height=300, frames=2, audio=False)
+    assert main(["stream", str(large), "-o", str(tmp_path / "no.mp4"), "--url", url, "-q"]) == 1
+    assert main(["stream", str(large), "-o", str(tmp_path / "no.mp4"), "--url", url, "--whole", "-q"]) == 1
+    assert not (tmp_path / "no.mp4").exists()
+
+
+def test_int8_sessions_and_uploads_give_exactly_the_offline_int8_frames(
+    int8_endpoint: str, serve_endpoint: dict, tmp_path: Path
+) -> None:
+    checkpoint = serve_endpoint["checkpoint"]
+    frames = video_frames(8, 40, 30, shift=3)
+    expected = offline_int8(checkpoint, frames)
+    assert any(not np.array_equal(a, b) for a, b in zip(expected, offline(checkpoint, frames), strict=True))
+    with DeblurClient(int8_endpoint) as client:
+        assert client.ready()["model"]["precision"] == "int8"
+        session = client.session(fmt="raw")
+        assert session.info["precision"] == "int8"
+        with pytest.raises(EndpointError) as full:  # max_sessions = 1
+            client.session()
+        assert full.value.status == 503 and "max_sessions" in full.value.message
+        out = [f for frame in frames for f in session.push(frame)] + session.close()
+        assert len(out) == len(expected)
+        for g, e in zip(out, expected, strict=True):
+            np.testing.assert_array_equal(g, e)
+        wait_for(lambda: client.metrics()["open_sessions"] == 0, "the closed session to go")
+        # A whole-video upload runs in a session actor too, at the same precision.
+        source = write_test_video(tmp_path / "in.mp4", width=40, height=30, frames=8, audio=False)
+        result = tmp_path / "out.mp4"
+        assert client.deblur_video(source, result, lossless=True) == 8
+    for g, e in zip(read_frames(result), offline_int8(checkpoint, list(read_frames(source))), strict=True):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_s3_jobs_are_held_to_the_upload_limits(int8_endpoint: str, serve_endpoint: dict, tmp_path: Path) -> None:
+    bucket = serve_endpoint["bucket"]
+    inputs = {
+        "declared.mp4": write_test_video(tmp_path / "declared.mp4", width=32, height=24, frames=12, audio=False),
+        # Matroska does not declare its frame count: the limit holds while the frames are decoded.
+        "undeclared.mkv": write_test_video(
+            tmp_path / "undeclared.mkv", width=32, height=24, frames=12, codec="ffv1", pix_fmt="bgr0", audio=False
+        ),
+        "wide.mp4": write_test_video(tmp_path / "wide.mp4", width=400, height=300, frames=2, audio=False),
+        "ok.mp4": write_test_video(tmp_path / "ok.mp4", width=32, height=24, frames=8, audio=False),
+    }
+    for name, path in inputs.items():
+        storage.upload_file(path, f"{bucket}/jobs/limits-in/{name}")
+    expected_errors = {
+        "declared.mp4": "12 frames exceeds the limit of 10",
+        "undeclared.mkv": "more than 10 frames",
+        "wide.mp4": "400x300 exceeds the limit 320x240",
+    }
+    with DeblurClient(int8_endpoint) as client:
+        for name, words in expected_errors.items():
+            source = f"{bucket}/jobs/limits-in/{name}"
+            state = client.wait_job(client.submit_job(source, f"{bucket}/jobs/limits-out/{name}"), timeout=120)
+            assert state["status"] == "failed" and state["error"].startswith(source) and words in state["error"], state
+        source = f"{bucket}/jobs/limits-in/ok.mp4"
+        state = client.wait_job(client.submit_job(source, f"{bucket}/jobs/limits-out/ok.mp4"), timeout=120)
+        assert state["status"] == "ok" and state["record"]["frames"] == 8 and state["record"]["precision"] == "int8"
+        # Over the upload size: refused at once.
+        storage.write_bytes(f"{bucket}/jobs/limits-in/big.mp4", b"\0" * (3 << 20))
+        with pytest.raises(EndpointError) as big:
+            client.submit_job(f"{bucket}/jobs/limits-in/big.mp4", f"{bucket}/jobs/limits-out/big.mp4")
+        assert big.value.status == 413 and "limit" in big.value.message
+    assert storage.list_files(f"{bucket}/jobs/limits-out") == [f"{bucket}/jobs/limits-out/ok.mp4"]
+
+
+def test_a_session_that_cannot_start_answers_503_and_leaves_no_actor(serve_endpoint: dict, tmp_path: Path) -> None:
+    """An app whose sessions want more CPU than the cluster has free: opening one waits
+    session_start_timeout_s, answers 503 and kills the pending actor."""
+    from ray import serve
+
+    from deblur.serving import build_app
+
+    config = {
+        "checkpoint": str(serve_endpoint["checkpoint"]),
+        "device": "cpu",
+        "session_cpus": 2.0,  # the replicas hold part of the 2 CPUs: never free
+        "session_start_timeout_s": 3.0,
+    }
+    serve.run(build_app(config), name="full", route_prefix="/full")
+    url = f"{serve_endpoint['url']}/full"
+    try:
+        began = time.monotonic()
+        r = httpx.post(f"{url}/v1/sessions", timeout=60)
+        assert r.status_code == 503 and "did not start within 3 s" in r.json()["detail"], r.text
+        assert time.monotonic() - began >= 3.0
+        wait_for(lambda: named_sessions("full") == [], "the pending session actor to be killed")
+        source = write_test_video(tmp_path / "v.mp4", width=16, height=16, frames=3, audio=False)
+        r = httpx.post(f"{url}/v1/videos", params={"filename": "v.mp4"}, content=source.read_bytes(), timeout=60)
+        assert r.status_code == 503 and "did not start" in r.json()["detail"], r.text
+        wait_for(lambda: named_sessions("full") == [], "the upload's pending actor to be killed")
+        assert httpx.get(f"{url}/v1/health").json() == {"status": "ok"}
+    finally:
+        serve.delete("full")

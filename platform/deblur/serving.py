@@ -356,62 +356,91 @@ class SessionActor:
                     return
 
 
-class JobActor:
-    """Deblurs one S3 object into another (as ``batch.deblur_object`` does, within the endpoint's limits
-    and at its precision) and remembers the outcome."""
+def run_job(job_id: str, source: str, destination: str, config: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Deblur one S3 object into another (as ``batch.deblur_object`` does, within the endpoint's
+    limits and at its precision): the outcome, ``status`` "ok" with a record or "failed" with an error.
 
-    def __init__(self, job_id: str, source: str, destination: str, config: dict[str, Any], threads: int) -> None:
-        self.job_id, self.source, self.destination = job_id, source, destination
-        self.config = ServingConfig.from_dict(config)
-        self.threads = threads
+    It runs as a Ray task with the job's CPU or GPU, so the resources are free once it returns.
+    """
+    import torch
+
+    from deblur import storage
+    from deblur.checkpoint import load_model
+    from deblur.engine import OnlineDeblurrer
+    from deblur.video import EncoderOptions, VideoError, probe_video, transform_video
+
+    settings = ServingConfig.from_dict(config)
+    torch.set_num_threads(max(1, threads))
+    started = time.perf_counter()
+    try:
+        # The limits of an upload: the header before any work, then the frames as they come (a
+        # container need not declare how many it holds).
+        with storage.open_input(source) as handle:
+            info = probe_video(handle, name=source)
+        check_video_limits(info, settings, name=source)
+        model = load_model(settings.checkpoint)
+        engine = OnlineDeblurrer(model, device=settings.device, precision=settings.precision)
+        processor = _FrameLimit(engine, settings.max_frames, source)
+        with tempfile.TemporaryDirectory(prefix="deblur-job-") as tmpdir:
+            local = Path(tmpdir) / f"output{PurePosixPath(destination).suffix or '.mp4'}"
+            with storage.open_input(source) as handle:
+                encoder = EncoderOptions(crf=settings.crf)
+                result = transform_video(handle, local, processor, encoder=encoder, name=source)
+            storage.commit_file(local, destination, staging_uri=f"{destination}.staging-{job_id}")
+    except (VideoError, ApiError) as error:  # bad input or over a limit: the message names the input
+        return {"status": "failed", "error": str(error)}
+    except Exception as error:  # reported to the client, never a silent failure
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    seconds = time.perf_counter() - started
+    record = {
+        "source": source,
+        "destination": destination,
+        "frames": result.frames,
+        "width": result.info.width,
+        "height": result.info.height,
+        "video_fps": str(result.info.fps),
+        "precision": settings.precision,
+        "seconds": round(seconds, 3),
+        "fps": round(result.frames / seconds, 3) if seconds > 0 else None,
+    }
+    return {"status": "ok", "record": record, "error": None}
+
+
+class JobActor:
+    """Remembers one S3 job for ``job_ttl_s`` after it ends, then removes itself.
+
+    The work is a task (``run_job``) with the job's CPU or GPU; the actor itself holds none, so a
+    finished job kept for polling costs no compute.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        source: str,
+        destination: str,
+        config: dict[str, Any],
+        threads: int,
+        resources: dict[str, float],
+    ) -> None:
+        import ray
+
+        self.ttl = ServingConfig.from_dict(config).job_ttl_s
         self.state: dict[str, Any] = {"job_id": job_id, "status": "running", "input": source, "output": destination}
         self.started = time.time()
-        threading.Thread(target=self._run, daemon=True).start()
+        self._work = (
+            ray.remote(run_job).options(**resources, max_retries=0).remote(job_id, source, destination, config, threads)
+        )
+        threading.Thread(target=self._wait, daemon=True).start()
 
-    def _run(self) -> None:
-        import torch
+    def _wait(self) -> None:
+        import ray
 
-        from deblur import storage
-        from deblur.checkpoint import load_model
-        from deblur.engine import OnlineDeblurrer
-        from deblur.video import EncoderOptions, VideoError, probe_video, transform_video
-
-        torch.set_num_threads(max(1, self.threads))
-        started = time.perf_counter()
         try:
-            # The limits of an upload: the header before any work, then the frames as they come (a
-            # container need not declare how many it holds).
-            with storage.open_input(self.source) as handle:
-                info = probe_video(handle, name=self.source)
-            check_video_limits(info, self.config, name=self.source)
-            model = load_model(self.config.checkpoint)
-            engine = OnlineDeblurrer(model, device=self.config.device, precision=self.config.precision)
-            processor = _FrameLimit(engine, self.config.max_frames, self.source)
-            with tempfile.TemporaryDirectory(prefix="deblur-job-") as tmpdir:
-                local = Path(tmpdir) / f"output{PurePosixPath(self.destination).suffix or '.mp4'}"
-                with storage.open_input(self.source) as handle:
-                    encoder = EncoderOptions(crf=self.config.crf)
-                    result = transform_video(handle, local, processor, encoder=encoder, name=self.source)
-                storage.commit_file(local, self.destination, staging_uri=f"{self.destination}.staging-{self.job_id}")
-            seconds = time.perf_counter() - started
-            record = {
-                "source": self.source,
-                "destination": self.destination,
-                "frames": result.frames,
-                "width": result.info.width,
-                "height": result.info.height,
-                "video_fps": str(result.info.fps),
-                "precision": self.config.precision,
-                "seconds": round(seconds, 3),
-                "fps": round(result.frames / seconds, 3) if seconds > 0 else None,
-            }
-            self.state.update(status="ok", record=record, error=None)
-        except (VideoError, ApiError) as error:  # bad input or over a limit: the message names the input
-            self.state.update(status="failed", error=str(error))
-        except Exception as error:  # reported to the client, never a silent failure
-            self.state.update(status="failed", error=f"{type(error).__name__}: {error}")
-        self.state["seconds"] = round(time.time() - self.started, 3)
-        threading.Timer(self.config.job_ttl_s, self._kill_self).start()
+            outcome = ray.get(self._work)
+        except Exception as error:  # the task's worker died: a failure to report, never a silent one
+            outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        self.state.update(outcome, seconds=round(time.time() - self.started, 3))
+        threading.Timer(self.ttl, self._kill_self).start()
 
     def status(self) -> dict[str, Any]:
         return dict(self.state)
@@ -653,7 +682,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
             return {
                 "open_sessions": self._count_sessions(),  # of this application
                 "max_sessions": self.config.max_sessions,
-                "running_jobs": sum(n.startswith(JOB_PREFIX) for n in names),
+                "jobs": sum(n.startswith(JOB_PREFIX) for n in names),  # running, or finished and kept
                 **self.stats.summary(),
             }
 
@@ -821,8 +850,10 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
                     413, f"input {source} has {size} bytes, over the limit of {self.config.max_upload_bytes} bytes"
                 )
             job_id = uuid.uuid4().hex
-            ray.remote(JobActor).options(**self._actor_options(JOB_PREFIX + job_id)).remote(
-                job_id, source, destination, asdict(self.config), self.threads
+            options = self._actor_options(JOB_PREFIX + job_id)
+            work = {"num_cpus": options.pop("num_cpus"), "num_gpus": options.pop("num_gpus")}
+            ray.remote(JobActor).options(**options, num_cpus=0).remote(
+                job_id, source, destination, asdict(self.config), self.threads, work
             )
             return {"job_id": job_id, "status": "running", "input": source, "output": destination}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import ray
 from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -72,7 +73,7 @@ def int8_endpoint(serve_endpoint: dict) -> str:
         "max_width": 320,
         "max_height": 240,
         "allowed_prefixes": [f"{serve_endpoint['bucket']}/jobs"],
-        "job_ttl_s": 30.0,  # a finished job's actor keeps its CPU reservation until then
+        "job_ttl_s": 30.0,
     }
     serve.run(build_app(config), name="int8", route_prefix="/int8")
     return f"{serve_endpoint['url']}/int8"
@@ -297,11 +298,19 @@ def test_s3_job_is_submitted_and_polled(serve_endpoint: dict, tmp_path: Path) ->
     bucket = serve_endpoint["bucket"]
     source = write_test_video(tmp_path / "job.mp4", width=32, height=24, frames=8, audio=False)
     storage.upload_file(source, f"{bucket}/jobs/in/job.mp4")
+    free_before = ray.available_resources().get("CPU", 0.0)
     with DeblurClient(serve_endpoint["url"]) as client:
         job = client.submit_job(f"{bucket}/jobs/in/job.mp4", f"{bucket}/jobs/out/job.mp4")
         state = client.wait_job(job, timeout=120)
         assert state["status"] == "ok", state
         assert state["record"]["frames"] == 8
+        # A finished job is kept for polling (job_ttl_s) by an actor that holds no CPU or GPU: the
+        # work ran as a task, and its CPU is free again while the job is still there to be polled.
+        deadline = time.monotonic() + 30
+        while ray.available_resources().get("CPU", 0.0) < free_before - 1e-6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ray.available_resources().get("CPU", 0.0) >= free_before - 1e-6
+        assert client.job(job)["status"] == "ok"
     local = tmp_path / "out.mp4"
     storage.download_file(f"{bucket}/jobs/out/job.mp4", local)
     assert stream_facts(local)["frames"] == 8

@@ -94,6 +94,8 @@ fi
     # Where `ray job submit/status/logs` go. Not RAY_ADDRESS=http://...: Ray 2.60's ray.init()
     # rejects an HTTP RAY_ADDRESS, so a `deblur train` run in the same shell would fail.
     echo "export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$dashboard_port"
+    # The same for `serve deploy/status/shutdown`, which read their own variable.
+    echo "export RAY_DASHBOARD_ADDRESS=http://127.0.0.1:$dashboard_port"
     echo "export RAY_AUTH_MODE=$auth_mode"
     echo "# Optional: make \`deblur synth|train|...\` run here join this head instead of starting Ray:"
     echo "# export RAY_ADDRESS=127.0.0.1:$ray_port"

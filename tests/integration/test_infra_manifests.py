@@ -1,6 +1,6 @@
-"""The deployment files agree with the code: KubeRay manifests, the AWS launcher config, the
-Dockerfiles, the local scripts and the commands of docs/deployment.md. Fast: no cluster, no
-network, nothing started (the CLIs are only asked to parse).
+"""The deployment files agree with the code: KubeRay manifests, the Serve config, the AWS launcher
+config, the Dockerfiles, the local scripts and the commands of docs/deployment.md. Fast: no
+cluster, no network, nothing started (the CLIs are only asked to parse).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from packaging.specifiers import SpecifierSet
 from deblur.batch import BatchConfig
 from deblur.cli import build_parser
 from deblur.config import parse_overrides
+from deblur.serving import ServingConfig
 from deblur.train import load_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -300,12 +302,123 @@ def test_render_replaces_only_the_serve_config_block() -> None:
         render(manifest, "  indented: first line\n")
 
 
-def test_serve_import_paths_name_existing_modules() -> None:
-    if not SERVE_CONFIG.is_file() or not SERVING_MODULE.is_file():
-        pytest.skip("serve/config.yaml or platform/deblur/serving.py does not exist yet")
+def serve_configs() -> list[tuple[str, dict[str, Any]]]:
+    """(name, parsed) of serve/config.yaml and of the RayService's copy of it."""
+    assert SERVE_CONFIG.is_file(), "serve/config.yaml is missing: it is the endpoint's Serve config"
     ((_, doc),) = by_kind("RayService")
-    configs = [yaml.safe_load(doc["spec"]["serveConfigV2"]), yaml.safe_load(SERVE_CONFIG.read_text())]
-    paths = [app["import_path"] for config in configs for app in config["applications"]]
+    return [
+        ("serve/config.yaml", yaml.safe_load(SERVE_CONFIG.read_text())),
+        ("rayservice.yaml serveConfigV2", yaml.safe_load(doc["spec"]["serveConfigV2"])),
+    ]
+
+
+def build_app_deployment() -> tuple[str, dict[str, Any]]:
+    """(class name, keyword arguments) of the ``@serve.deployment(...)`` in serving.build_app, from its source."""
+    tree = ast.parse(SERVING_MODULE.read_text())
+    (function,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "build_app"]
+    found = [
+        (node.name, decorator)
+        for node in ast.walk(function)
+        if isinstance(node, ast.ClassDef)
+        for decorator in node.decorator_list
+        if isinstance(decorator, ast.Call) and ast.unparse(decorator.func) == "serve.deployment"
+    ]
+    assert len(found) == 1, f"expected one @serve.deployment(...) class in build_app, found {len(found)}"
+    name, decorator = found[0]
+    return name, {keyword.arg: ast.literal_eval(keyword.value) for keyword in decorator.keywords}
+
+
+def node_resources(group: dict[str, Any]) -> tuple[float, float]:
+    """(CPUs, GPUs) that Ray offers on a pod of the group: rayStartParams, else the container's limits."""
+    params = group["rayStartParams"]
+    limits = ray_container(group)["resources"].get("limits", {})
+    node_cpus = float(params["num-cpus"]) if "num-cpus" in params else cpus(limits.get("cpu", 0))
+    node_gpus = float(params["num-gpus"]) if "num-gpus" in params else float(limits.get(GPU, 0))
+    return node_cpus, node_gpus
+
+
+def check_endpoint_fits(name: str, spec: dict[str, Any], args: ServingConfig) -> None:
+    """The ingress replicas and the session actors of an endpoint with ``args`` can be placed on ``spec``."""
+    _, options = build_app_deployment()
+    ingress_cpus = options["ray_actor_options"]["num_cpus"]
+    pods = [node_resources(group) for _, group in groups(spec)]
+    assert any(c >= ingress_cpus for c, _ in pods), f"{name}: no pod holds an ingress replica ({ingress_cpus} CPU)"
+    session_gpus = args.session_gpus
+    if session_gpus is None:
+        # deblur.serving decides once, when the ingress starts: a GPU per session if the cluster
+        # has a GPU then. GPU pods that start from 0 would make every session a CPU one.
+        assert gpu_groups(spec), f"{name}: session_gpus null on a cluster without GPU pods"
+        assert any(g["minReplicas"] >= 1 for g in gpu_groups(spec)), (
+            f"{name}: session_gpus null but no GPU pod is up when the ingress starts: sessions would run on CPUs"
+        )
+        session_gpus = 1.0
+    assert any(c >= args.session_cpus and g >= session_gpus for c, g in pods), (
+        f"{name}: no pod fits a session actor ({args.session_cpus:g} CPU, {session_gpus:g} GPU)"
+    )
+
+
+def documented_gpu_serve_config() -> dict[str, Any]:
+    """What the `sed ... serve/config.yaml > FILE` of docs/deployment.md writes for the RayCluster."""
+    (words,) = [w for _, w in documented_commands() if w[0] == "sed" and "serve/config.yaml" in w]
+    assert ">" in words, f"expected `sed ... serve/config.yaml > FILE`: {shlex.join(words)}"
+    result = subprocess.run(words[: words.index(">")], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_serve_config_args_and_deployments_are_those_of_build_app() -> None:
+    name, options = build_app_deployment()
+    known = {f.name for f in fields(ServingConfig)}
+    for source, config in serve_configs():
+        (app,) = config["applications"]
+        assert app["import_path"] == "deblur.serving:build_app", source
+        ServingConfig.from_dict(app["args"])  # strict: an unknown setting or a bad value raises
+        assert set(app["args"]) == known, (
+            f"{source}: args should list every ServingConfig setting; missing {sorted(known - set(app['args']))}"
+        )
+        (deployment,) = app["deployments"]
+        assert deployment["name"] == name, f"{source}: build_app has no deployment {deployment['name']!r} but {name!r}"
+        settings = {k: v for k, v in deployment.items() if k != "name"}
+        # Serve applies the config's values over the decorator's: `serve run` of build_app and a
+        # `serve deploy` of the config must not be two different endpoints.
+        assert settings == options, f"{source}: {settings} differs from build_app's @serve.deployment({options})"
+
+
+def test_endpoints_fit_the_clusters_that_serve_them() -> None:
+    ((name, doc),) = by_kind("RayService")
+    served = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    check_endpoint_fits(name, cluster_spec(doc), ServingConfig.from_dict(served["applications"][0]["args"]))
+
+    # The long-lived RayCluster's GPU pods start from 0: the guide deploys a copy with session_gpus 1.
+    gpu_config = documented_gpu_serve_config()
+    args = gpu_config["applications"][0]["args"]
+    original = yaml.safe_load(SERVE_CONFIG.read_text())
+    assert args["session_gpus"] == 1
+    assert {**args, "session_gpus": None} == original["applications"][0]["args"], "the sed changed more"
+    ((name, doc),) = by_kind("RayCluster")
+    check_endpoint_fits(name, cluster_spec(doc), ServingConfig.from_dict(args))
+
+
+def test_clusters_that_serve_expose_its_port_and_pass_its_api_key() -> None:
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    port = config["http_options"]["port"]
+    key_env = config["applications"][0]["args"]["api_key_env"]
+    for kind in ("RayCluster", "RayService"):
+        ((name, doc),) = by_kind(kind)
+        spec = cluster_spec(doc)
+        head_ports = {p["containerPort"] for p in ray_container(spec["headGroupSpec"]).get("ports", [])}
+        assert port in head_ports, f"{name}: the head does not expose Serve's port {port}"
+        for group_name, group in groups(spec):  # replicas may run in any group
+            env = {e["name"]: e for e in ray_container(group)["env"]}
+            assert key_env in env, f"{name}/{group_name}: no {key_env} (api_key_env) where replicas run"
+            assert "value" not in env[key_env], f"{name}/{group_name}: the API key written into the manifest"
+            ref = env[key_env]["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"], ref["optional"]) == ("deblur-api", key_env, True), f"{name}/{group_name}"
+
+
+def test_serve_import_paths_name_existing_modules() -> None:
+    assert SERVING_MODULE.is_file(), "platform/deblur/serving.py is missing"
+    paths = [app["import_path"] for _, config in serve_configs() for app in config["applications"]]
     assert paths
     for import_path in paths:
         module, _, attribute = import_path.partition(":")
@@ -321,8 +434,7 @@ def test_serve_import_paths_name_existing_modules() -> None:
 
 
 def test_rayservice_carries_serve_config_yaml() -> None:
-    if not SERVE_CONFIG.is_file():
-        pytest.skip("serve/config.yaml does not exist yet")
+    assert SERVE_CONFIG.is_file(), "serve/config.yaml is missing: it is the endpoint's Serve config"
     result = subprocess.run(
         [sys.executable, str(K8S / "render_rayservice.py"), "--check"], capture_output=True, text=True, timeout=60
     )
@@ -446,9 +558,16 @@ def documented_commands() -> Iterator[tuple[str, list[str]]]:
 
 def test_documented_ray_and_job_commands_parse_with_the_real_clis() -> None:
     from ray.scripts.scripts import cli as ray_cli
+    from ray.serve.scripts import cli as serve_cli
 
     jobs_seen = set()
     for name, words in documented_commands():
+        if words[0] == "serve":
+            try:
+                serve_cli.commands[words[1]].make_context(" ".join(words[:2]), list(words[2:]))
+            except Exception as error:
+                pytest.fail(f"{name}: {shlex.join(words)}: {error}")
+            continue
         if words[0] != "ray":
             continue
         command = ray_cli.commands[words[1]]

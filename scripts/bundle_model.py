@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -37,18 +36,6 @@ RUN_NAME = "bundled"
 
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPU(s), {cpu}, {platform.system()} {platform.release()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from deblur.bench import describe_machine
     from deblur.checkpoint import BUNDLED_NAME, load_checkpoint, save_checkpoint
     from deblur.config import parse_overrides
     from deblur.corpus import CorpusConfig, generate_corpus
@@ -135,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_config": config.to_dict(),
         "training_commit": commit,
         "training_seconds": round(train_seconds, 1),
-        "machine": _machine(),
+        "machine": describe_machine(),
         "torch_version": torch.__version__,
         "ray_version": ray.__version__,
         "data": {

@@ -306,9 +306,9 @@ class RecordingS3Server:
         return self.server.endpoint_url
 
     def start(self) -> RecordingS3Server:
-        from faults import environ
+        from deblur.local_s3 import exported
 
-        with environ(MOTO_ENABLE_RECORDING="true", MOTO_RECORDER_FILEPATH=str(self.recording)):
+        with exported({"MOTO_ENABLE_RECORDING": "true", "MOTO_RECORDER_FILEPATH": str(self.recording)}):
             self.server.start()
         return self
 

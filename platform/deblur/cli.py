@@ -329,6 +329,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     elif args.what == "train":
         bench.run_train_benchmark(cache=args.cache)
     elif args.what == "perf":
+        if args.quick and args.readme:
+            raise UsageError("--quick measures only some figures: the README table takes a full run (no --quick)")
         bench.run_perf_benchmark(quick=args.quick, cache=args.cache, readme=args.readme)
     return 0
 

@@ -497,6 +497,42 @@ def _peak_rss_of(code: str) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1]) / 1024
 
 
+def measure_compiled_step(model: Any, *, width: int, height: int, frames: int = 6) -> dict[str, float]:
+    """``torch.compile`` (inductor, weights frozen and prepacked) of the step against eager, same inputs.
+
+    The engine runs eager; this says whether compiling would pay on this device.
+    """
+    import torch
+    import torch._inductor.config as inductor
+
+    from deblur.engine import prepare_model
+
+    net = prepare_model(model, "cpu")
+    window = torch.rand(1, model.config.num_frames, 3, height, width)
+    inductor.freezing = True  # constant weights: lets inductor prepack them for the CPU's conv kernels
+
+    def median_step(step: Callable[..., Any]) -> float:
+        with torch.inference_mode():
+            state = net.init_state(1, height, width)
+            _, state = step(window, state)  # warm-up (and, compiled, the compilation)
+            times = []
+            for _ in range(frames):
+                started = time.perf_counter()
+                _, state = step(window, state)
+                times.append(time.perf_counter() - started)
+        return sorted(times)[len(times) // 2]
+
+    eager = median_step(net.step)
+    started = time.perf_counter()
+    compiled = median_step(torch.compile(net.step, dynamic=False))
+    return {
+        "eager_s": eager,
+        "compiled_s": compiled,
+        "speedup": eager / compiled,
+        "with_compile_s": time.perf_counter() - started,
+    }
+
+
 def measure_precision_quality(
     model: Any, *, precision: str, clips: int = 3, seconds: float = 1.0, seed: int = 77
 ) -> dict[str, float]:
@@ -569,6 +605,14 @@ def run_perf_benchmark(
     results["int8_640x480"] = {**int8, "speedup": speedup}
     echo(f"model alone, int8, 640x480: {int8['fps']:.2f} fps, {speedup:.2f}x fp32")
     rows.append(("int8 speed-up over fp32, 640x480", f"{speedup:.2f}x", ">= 2x"))
+    if not quick:
+        compiled = measure_compiled_step(model, width=640, height=480)
+        results["compiled_640x480"] = compiled
+        echo(
+            f"torch.compile (inductor, frozen weights) vs eager, 640x480: {compiled['speedup']:.2f}x "
+            f"({compiled['compiled_s']:.3f} vs {compiled['eager_s']:.3f} s per frame)"
+        )
+        rows.append(("torch.compile vs eager step, 640x480", f"{compiled['speedup']:.2f}x", "used if > 1x"))
     quality = measure_precision_quality(load_model(checkpoint), precision="int8", clips=1 if quick else 3)
     results["int8_quality"] = quality
     echo(

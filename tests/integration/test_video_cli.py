@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -15,7 +16,7 @@ import av
 import numpy as np
 import pytest
 
-from deblur.checkpoint import load_model, save_checkpoint
+from deblur.checkpoint import bundled_checkpoint_path, load_checkpoint, load_model, save_checkpoint
 from deblur.cli import main
 from deblur.engine import deblur_frames
 from deblur.video import probe_video, read_frames
@@ -162,14 +163,29 @@ def test_bad_input_is_one_clear_line_and_leaves_no_file(
     assert {p.name for p in tmp_path.iterdir()} == before  # no output, no partial file
 
 
-def test_missing_checkpoint_says_what_to_do(make_video: Callable[..., Path], tmp_path: Path, capsys) -> None:
-    source = make_video("clip.mp4", frames=3, audio=False)
-    code = main(["video", str(source), "-o", str(tmp_path / "o.mp4")])
-    err = capsys.readouterr().err
-    from deblur.checkpoint import bundled_checkpoint_path
+def test_bundled_model_is_the_default_and_says_where_it_came_from(
+    make_video: Callable[..., Path], tmp_path: Path
+) -> None:
+    source = make_video("clip.mp4", width=40, height=32, frames=5, audio=False)
+    out = tmp_path / "o.mp4"
+    assert main(["video", str(source), "-o", str(out), "--device", "cpu", "-q"]) == 0
+    assert stream_facts(out)["frames"] == 5
+    bundled = load_checkpoint(None)
+    assert (bundled.config.variant, bundled.config.m) == ("strcnn_dtb", 1)  # the paper's final model
+    provenance = bundled.provenance
+    assert provenance["preset"] == "cpu-small" and provenance["step"] == 1200
+    assert re.fullmatch(r"[0-9a-f]{7,40}", provenance["training_commit"])
+    assert "--seed 0" in provenance["data"]["corpus"]
+    assert provenance["evaluation"]["psnr"] > provenance["evaluation"]["input_psnr"]
+    # The JSON beside the weights says the same, for people; the weights are a few MB.
+    path = bundled_checkpoint_path()
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar == {"config": bundled.config.to_dict(), "provenance": provenance}
+    assert path.stat().st_size < 8 << 20
 
-    if bundled_checkpoint_path() is None:
-        assert code == 1 and "--checkpoint" in err
+
+def test_missing_checkpoint_file_says_so(make_video: Callable[..., Path], tmp_path: Path, capsys) -> None:
+    source = make_video("clip.mp4", frames=3, audio=False)
     code = main(["video", str(source), "-o", str(tmp_path / "o.mp4"), "--checkpoint", str(tmp_path / "none.st")])
     assert code == 1 and "none.st: no such checkpoint file" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()

@@ -54,7 +54,7 @@ case "$cmd" in
         setup
         ensure_chromium
         echo "==> ruff"
-        "$venv/bin/ruff" check .
+        "$venv/bin/ruff" check --no-cache .  # a stale cache once hid an import-order error that CI found
         echo "==> pytest"
         "$venv/bin/python" -m pytest "$@"
         ;;

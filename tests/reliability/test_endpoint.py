@@ -17,13 +17,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from faults import kill, own_ray_processes, wait_gone
 from websockets.sync.client import connect
 
 from deblur import storage
 from deblur.checkpoint import load_model
 from deblur.client import DeblurClient, EndpointError
 from deblur.engine import deblur_frames
+from faults import kill, own_ray_processes, wait_gone
 from media import pattern_frame, write_test_video
 
 pytestmark = pytest.mark.usefixtures("ray_session")

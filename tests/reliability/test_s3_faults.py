@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from faults import run_driver
 from s3_faults import FaultProxy, RecordingS3Server
 
 from deblur import storage
@@ -27,6 +26,7 @@ from deblur.checkpoint import load_model, save_checkpoint
 from deblur.engine import deblur_frames
 from deblur.local_s3 import LocalS3Server
 from deblur.video import read_frames
+from faults import run_driver
 from media import write_test_video
 from tiny import tiny_model
 

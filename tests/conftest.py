@@ -69,7 +69,9 @@ def ray_session(local_s3: LocalS3Server) -> Iterator[None]:
     import ray
 
     os.environ[TEST_API_KEY_ENV] = TEST_API_KEY
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # With the dashboard, as on a real cluster: Ray Train's placement-group cleaner needs its
+    # state API (see deblur.cluster.connect_ray).
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False, configure_logging=False)
     try:
         yield
     finally:

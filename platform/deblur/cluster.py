@@ -20,5 +20,8 @@ def connect_ray(*, num_cpus: int | None = None) -> Any:
             ray.init()
         else:
             # Worker output (training progress lines, errors) is shown where the command runs.
-            ray.init(num_cpus=num_cpus, include_dashboard=False)
+            # The dashboard serves the state API that Ray Train's placement-group cleaner polls:
+            # without it a Tune trial stopped early leaves its CPUs reserved for good, and on a
+            # small machine the next trial waits for them forever.
+            ray.init(num_cpus=num_cpus, include_dashboard=True)
     return ray

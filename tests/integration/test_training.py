@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,20 @@ def dataset(s3_bucket: str, tmp_path: Path) -> str:
     run = synthesize_dataset(f"{s3_bucket}/raw", f"{s3_bucket}/data", config=config, cpus_per_task=0.5)
     assert run.usable == 4
     return f"{s3_bucket}/data"
+
+
+@pytest.fixture(autouse=True)
+def _cpus_given_back() -> Iterator[None]:
+    """Each run gives its CPUs back when it ends: a placement group left behind once starved the
+    next run's data tasks on this 2-CPU machine and hung it."""
+    yield
+    import ray
+
+    timeout = 30.0
+    deadline = time.monotonic() + timeout
+    while (free := ray.available_resources().get("CPU", 0.0)) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, f"{free} CPUs free {timeout:.0f} s after the run ended"
+        time.sleep(0.5)
 
 
 def _tiny(**overrides: object) -> TrainConfig:

@@ -163,6 +163,7 @@ def _bench_videos(directory: Path, *, videos: int, frames: int, width: int, heig
     from deblur.video import EncoderOptions, write_video
 
     config = CorpusConfig(width=width, height=height, fps=30, seconds=frames / 30, max_camera_motion=3.0)
+    directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(videos):
         path = directory / f"bench_{index:02d}.mp4"
@@ -381,7 +382,8 @@ def run_train_benchmark(
             if not raw.is_dir():
                 generate_corpus(str(raw), videos=3, seed=1, config=CorpusConfig(width=320, height=192, seconds=2.0))
             data = str(directory / "data")
-            synthesize_dataset(str(raw), data, config=DataConfig(eval_fraction=0.3, scale=1.0), cpus_per_task=1.0)
+            data_config = DataConfig.from_dict({"eval_fraction": 0.3, "scale": 1.0})
+            synthesize_dataset(str(raw), data, config=data_config, cpus_per_task=1.0)
             for workers in (1, 2):
                 log_every = max(1, steps // 3)
                 config = load_train_config(

@@ -385,6 +385,7 @@ def run_batch(
     to kill one).
     """
     config = config or BatchConfig()
+    input_prefix, output_prefix = storage.absolute(input_prefix), storage.absolute(output_prefix)
     started = time.perf_counter()
     tasks, done, rejected = plan_batch(input_prefix, output_prefix, config.include, retry_failed=retry_failed)
     if not tasks and not done and not rejected:

@@ -449,6 +449,7 @@ def synthesize_dataset(
     import ray
 
     config = config or DataConfig()
+    input_prefix, output_prefix = storage.absolute(input_prefix), storage.absolute(output_prefix)
     tasks, finished = plan_tasks(input_prefix, output_prefix, config)
     for task in tasks:
         # One decoder thread per reserved core: videos, not threads, are the unit of parallelism.

@@ -42,6 +42,15 @@ def is_s3(uri: str | os.PathLike[str]) -> bool:
     return str(uri).startswith("s3://")
 
 
+def absolute(uri: str | os.PathLike[str]) -> str:
+    """An s3:// URI as it is; a local path made absolute.
+
+    Ray workers do not run in the driver's directory, so a relative path handed to them would
+    name another place (or nothing).
+    """
+    return str(uri) if is_s3(uri) else str(Path(uri).resolve())
+
+
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
     parsed = urlparse(uri)

@@ -593,6 +593,7 @@ def run_training(
     from deblur.cluster import connect_ray
     from deblur.data import read_training_dataset
 
+    dataset, storage_path = storage.absolute(dataset), storage.absolute(storage_path)
     connect_ray()
     train_data = read_training_dataset(
         dataset,
@@ -746,6 +747,7 @@ def run_tuning(
     from deblur import storage
     from deblur.cluster import connect_ray
 
+    dataset, storage_path = storage.absolute(dataset), storage.absolute(storage_path)
     connect_ray()
     filesystem, path = storage.filesystem_for(storage_path)
     grid = {key: ray.tune.grid_search(list(values)) for key, values in space.items()}

@@ -76,3 +76,14 @@ def test_uri_helpers() -> None:
     assert storage.relative_key("s3://b/p/x/y.mp4", "s3://b/p") == "x/y.mp4"
     with pytest.raises(storage.StorageError, match="not under"):
         storage.relative_key("s3://b/q/y.mp4", "s3://b/p")
+
+
+def test_absolute_leaves_s3_uris_and_anchors_local_paths_where_the_driver_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ray workers run in another directory: a relative dataset path once sent every training
+    # worker of `deblur bench train` looking for a manifest that was not there.
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("s3://bucket/a/../b") == "s3://bucket/a/../b"
+    assert storage.absolute("data/raw") == str(tmp_path / "data" / "raw")
+    assert storage.absolute(tmp_path / "x") == str(tmp_path / "x")

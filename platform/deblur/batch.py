@@ -37,7 +37,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -386,6 +386,8 @@ def run_batch(
     """
     config = config or BatchConfig()
     input_prefix, output_prefix = storage.absolute(input_prefix), storage.absolute(output_prefix)
+    if config.checkpoint is not None:
+        config = replace(config, checkpoint=storage.absolute(config.checkpoint))
     started = time.perf_counter()
     tasks, done, rejected = plan_batch(input_prefix, output_prefix, config.include, retry_failed=retry_failed)
     if not tasks and not done and not rejected:

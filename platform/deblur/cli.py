@@ -315,7 +315,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.what == "data":
         bench.run_data_benchmark(
-            videos=args.videos,
+            videos=args.videos or 8,
             seconds=args.seconds,
             width=args.width or 640,
             height=args.height or 360,
@@ -323,7 +323,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     elif args.what == "batch":
         size = {"width": args.width or 320, "height": args.height or 240}
-        bench.run_batch_benchmark(videos=args.videos, cache=args.cache, **size)
+        bench.run_batch_benchmark(videos=args.videos or 4, cache=args.cache, **size)
     elif args.what == "serve":
         bench.run_serve_benchmark(width=args.width or 320, height=args.height or 240, cache=args.cache)
     elif args.what == "train":
@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="perf: model, file and memory figures only")
     bench.add_argument("--readme", help="perf: write the table between the bench markers of this file")
-    bench.add_argument("--videos", type=int, default=4)
+    bench.add_argument("--videos", type=int, help="data: corpus videos (8); batch: videos (4)")
     bench.add_argument("--seconds", type=float, default=4.0, help="data: length of each corpus video")
     bench.add_argument("--width", type=int, help="frame width (data 640, batch/serve 320)")
     bench.add_argument("--height", type=int, help="frame height (data 360, batch/serve 240)")

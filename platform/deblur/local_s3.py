@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 
 from deblur.storage import ENDPOINT_ENV
@@ -77,6 +78,19 @@ class LocalS3Server:
                 self._process.kill()
                 self._process.wait()
         self._process = None
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the server process has used so far (Linux ``/proc``; None elsewhere).
+
+        The server runs on the same cores as the jobs it serves; benchmarks report its share.
+        """
+        if self._process is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def reset(self) -> None:
         """Drop every bucket and object."""

@@ -117,11 +117,14 @@ def resize_frame(frame: np.ndarray, scale: float) -> np.ndarray:
 
     h, w = frame.shape[:2]
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    tensor = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float()
-    # Bilinear with antialias=True widens the filter to the scale factor (like PIL's resize),
-    # so high frequencies are removed instead of aliased.
+    # A uint8 channels-last tensor takes PyTorch's vectorised uint8 path (about 7x faster than
+    # float here; results within 1 of the float filter's, from rounding). Bilinear with
+    # antialias=True widens the filter to the scale factor (like PIL's resize), so high
+    # frequencies are removed instead of aliased.
+    tensor = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
     out = F.interpolate(tensor, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return out[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+    # PyTorch's transposing copy back to (H, W, 3) is about twice as fast as NumPy's.
+    return out[0].permute(1, 2, 0).contiguous().numpy()
 
 
 class _Accumulator:

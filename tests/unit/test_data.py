@@ -14,6 +14,7 @@ from deblur.data import (
     DataConfig,
     _CropSampler,
     _read_shard,
+    _ShardWriter,
     plan_tasks,
     process_video,
     sample_training_crop,
@@ -182,6 +183,35 @@ def test_a_video_that_fails_half_way_leaves_nothing_behind(tmp_path: Path, split
     record = process_video(task)
     assert record["status"] == "failed" and record["outputs"] == [] and record["pairs"] == 0, record
     assert _files(out) == []  # the first object deleted again, no record: the next run retries it
+
+
+def test_a_shard_is_visible_only_once_flushed_and_an_aborted_one_never(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    window = {"video_id": "v", "clip": 0, "start": 0, "tau": 7, "stride": 9, "frames": 3, "height": 5, "width": 4}
+    rows = [
+        {
+            **window,
+            "start": s,
+            "blurry": rng.integers(0, 256, (3, 5, 4, 3), np.uint8),
+            "sharp": rng.integers(0, 256, (3, 5, 4, 3), np.uint8),
+        }
+        for s in (0, 3)
+    ]
+    written: list[str] = []
+    writer = _ShardWriter(str(tmp_path / "train" / "v"), 1 << 30, written=written)
+    writer.add(rows[0])
+    assert [p for p in _files(tmp_path) if not p.split("/")[-1].startswith(".")] == []  # staged only
+    writer.abort()
+    assert _files(tmp_path) == [] and written == [] and writer.shards == []
+    for row in rows:
+        writer.add(row)
+    writer.flush()
+    assert _files(tmp_path) == ["train/v/shard-00000.parquet"] and written == writer.shards
+    read = list(_read_shard({"uri": writer.shards[0]}))
+    assert [r["start"] for r in read] == [0, 3]  # one row group per window, in order
+    table = pq.read_table(writer.shards[0])
+    for got, row in zip(table.to_pylist(), rows, strict=True):
+        assert got["blurry"] == row["blurry"].tobytes() and got["sharp"] == row["sharp"].tobytes()
 
 
 def test_a_storage_error_is_retried_by_the_next_run(tmp_path: Path) -> None:

@@ -173,13 +173,14 @@ def evaluate_model(
     if not clips:
         raise ValueError(f"{dataset}: the dataset has no evaluation clips (see its manifest.json)")
     was_training = model.training
+    runner: Any = model
     if precision == "int8":
         from deblur.quantize import quantize_model
 
-        model = quantize_model(model)  # once, not per clip
+        runner = quantize_model(model)  # once, not per clip
     report = EvaluationReport(model=label or model.config.variant, dataset=dataset)
     for clip in clips[:limit]:
-        engine = OnlineDeblurrer(model, device=device, precision=precision)
+        engine = OnlineDeblurrer(runner, device=device, precision=precision)
         with storage.open_input(clip["blurry"]) as bf, storage.open_input(clip["sharp"]) as sf:
             blurry = list(read_frames(bf, name=clip["blurry"]))
             sharp = list(read_frames(sf, name=clip["sharp"]))

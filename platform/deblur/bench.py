@@ -193,7 +193,8 @@ def _bench_videos(directory: Path, *, videos: int, frames: int, width: int, heig
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(videos):
-        path = directory / f"bench_{index:02d}.mp4"
+        # The name carries what the video is, so a cache shared between sizes never serves a stale one.
+        path = directory / f"bench_{width}x{height}_{frames}f_{index:02d}.mp4"
         if not path.exists():
             write_video(path, render_video(config, seed=99, index=index)[0], fps=30, encoder=EncoderOptions(crf=18))
         paths.append(path)

@@ -116,7 +116,9 @@ class ResidualBlock(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(self.act(self.conv1(x)))
+        # In place on the conv's fresh output (autograd allows it: conv saves its input, not its
+        # output): one activation-sized allocation less per block.
+        return self.conv2(self.act(self.conv1(x))).add_(x)
 
 
 class Encoder(nn.Module):
@@ -166,7 +168,8 @@ class TemporalBlending(nn.Module):
         # h, h_prev: (B, C, H/2, W/2) -> blended (B, C, H/2, W/2), w (B, C, H/2, W/2)
         a = torch.tanh(self.conv(torch.cat([h_prev, h], dim=1)))
         w = torch.clamp(a.abs() + self.beta, max=1.0)
-        return w * h + (1.0 - w) * h_prev, w
+        # Eq. 2 as h~_{n-1} + w (h_n - h~_{n-1}): the same blend in one fused kernel.
+        return torch.lerp(h_prev, h, w), w
 
 
 class Decoder(nn.Module):

@@ -795,7 +795,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
                     raise ApiError(422, str(error)) from error
                 check_video_limits(info, self.config, name=filename)
                 _, actor, _ = await self._open_session()
-                processor = _RemoteProcessor(actor, self.config.max_frames, self.stats)
+                processor = _FrameLimit(_RemoteProcessor(actor, self.stats), self.config.max_frames, filename)
                 encoder = EncoderOptions(lossless=lossless, crf=self.config.crf)
                 try:
                     await asyncio.to_thread(transform_video, source, target, processor, encoder=encoder, name=filename)
@@ -872,15 +872,13 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
 class _RemoteProcessor:
     """``transform_video``'s frame processor backed by a session actor (one frame in flight)."""
 
-    def __init__(self, actor: Any, max_frames: int, stats: _Stats) -> None:
-        self.actor, self.max_frames, self.stats = actor, max_frames, stats
+    def __init__(self, actor: Any, stats: _Stats) -> None:
+        self.actor, self.stats = actor, stats
         self.pushed = 0
 
     def push(self, frame: np.ndarray) -> list[np.ndarray]:
         import ray
 
-        if self.pushed >= self.max_frames:
-            raise ApiError(422, f"the video has more than {self.max_frames} frames")
         started = time.perf_counter()
         ready = ray.get(self.actor.push.remote(self.pushed, frame))
         self.stats.add(time.perf_counter() - started, len(ready))

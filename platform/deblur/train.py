@@ -432,6 +432,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     torch.set_num_threads(config.torch_threads or max(1, round(config.cpus_per_worker)))
+    from deblur.engine import keep_freed_memory
+
+    keep_freed_memory()  # every step allocates and frees the same activations (see its docstring)
     # Data randomness (windows, crops, flips) lives in Ray Data's sampler; this seeds initialisation.
     torch.manual_seed(config.seed + rank)
 

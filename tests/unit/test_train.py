@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,6 +71,12 @@ def test_loss_falls_over_twenty_steps() -> None:
     assert losses[16] < 0.85 * losses[0], losses
 
 
+def _one_cpu_step(model: Any, optimizer: Any, scheduler: Any, batch: dict, config: Any, *, where: str) -> Any:
+    """One optimizer step of ``model`` on the CPU without AMP, as the training loop calls it."""
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    return optimize_step(model, model, optimizer, scheduler, scaler, batch, config=config, device=CPU, where=where)
+
+
 def test_non_finite_loss_names_the_step_and_the_windows() -> None:
     config = load_train_config("tiny")
     model = tiny_model()
@@ -81,17 +88,7 @@ def test_non_finite_loss_names_the_step_and_the_windows() -> None:
     with pytest.raises(
         TrainingError, match=r"loss is nan at step 7 \(batch windows \['a.mp4/clip-000/window-0', 'b.mp4/clip-002/wi"
     ):
-        optimize_step(
-            model,
-            model,
-            optimizer,
-            scheduler,
-            torch.amp.GradScaler("cuda", enabled=False),
-            batch,
-            config=config,
-            device=CPU,
-            where="step 7",
-        )
+        _one_cpu_step(model, optimizer, scheduler, batch, config, where="step 7")
 
 
 def test_non_finite_parameters_stop_training_and_are_never_checkpointed(tmp_path: Path) -> None:
@@ -105,17 +102,7 @@ def test_non_finite_parameters_stop_training_and_are_never_checkpointed(tmp_path
     with pytest.raises(
         TrainingError, match=r"parameters are not finite after step 3 \(batch windows \['v.mp4/clip-001"
     ):
-        optimize_step(
-            model,
-            model,
-            optimizer,
-            scheduler,
-            torch.amp.GradScaler("cuda", enabled=False),
-            batch,
-            config=config,
-            device=CPU,
-            where="step 3",
-        )
+        _one_cpu_step(model, optimizer, scheduler, batch, config, where="step 3")
     with pytest.raises(TrainingError, match="parameters are not finite; no checkpoint written"):
         save_training_state(
             tmp_path / "ckpt",

@@ -68,6 +68,7 @@ class BatchConfig:
     max_retries: int = 2  # per video, after an actor died or an unexpected error
     torch_threads: int = 0  # 0: one per reserved CPU
     precision: str = "fp32"  # as `deblur video --precision`: fp32, int8 (CPU), bf16, fp16 (CUDA)
+    compiled: bool = False  # as `deblur video --compile`: compiled once per actor and frame size
 
     def __post_init__(self) -> None:
         if self.precision != "fp32":
@@ -219,6 +220,7 @@ def deblur_object(
     device: Any = "auto",
     encoder: Any = None,
     precision: str = "fp32",
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Deblur one video from object storage to object storage; returns its record.
 
@@ -244,7 +246,14 @@ def deblur_object(
             local = Path(tmpdir) / f"output{PurePosixPath(task.key).suffix or '.mp4'}"
             with storage.open_input(task.source) as handle:
                 result = deblur_file(
-                    handle, local, model, device=device, encoder=encoder, name=task.source, precision=precision
+                    handle,
+                    local,
+                    model,
+                    device=device,
+                    encoder=encoder,
+                    name=task.source,
+                    precision=precision,
+                    compiled=compiled,
                 )
             storage.commit_file(local, task.destination, staging_uri=staging_uri)
         seconds = time.perf_counter() - started
@@ -255,6 +264,7 @@ def deblur_object(
             video_fps=str(result.info.fps),
             seconds=round(seconds, 3),
             fps=round(result.frames / seconds, 3) if seconds > 0 else None,
+            compiled=result.compiled,
         )
     except VideoError as error:
         record.update(
@@ -267,7 +277,13 @@ class VideoWorker:
     """The body of a batch actor: one model, one video at a time, state never shared between videos."""
 
     def __init__(
-        self, checkpoint: str | None, device: str, torch_threads: int, encoder: dict[str, Any], precision: str = "fp32"
+        self,
+        checkpoint: str | None,
+        device: str,
+        torch_threads: int,
+        encoder: dict[str, Any],
+        precision: str = "fp32",
+        compiled: bool = False,
     ) -> None:
         import torch
 
@@ -286,7 +302,13 @@ class VideoWorker:
             # Quantizing (calibration included) takes seconds: once per actor, not once per video.
             # The engine uses an already quantized model as it is.
             model = quantize_model(model.eval())
+        else:
+            from deblur.engine import prepare_model
+
+            # Prepared once, so every video's engine shares it (and, compiled, its compiled code).
+            model = prepare_model(model, self.device)
         self.model = model
+        self.compiled = compiled
         self.encoder = EncoderOptions(**encoder)
 
     def pid(self) -> int:
@@ -300,6 +322,7 @@ class VideoWorker:
             device=self.device,
             encoder=self.encoder,
             precision=self.precision,
+            compiled=self.compiled,
         )
 
 
@@ -462,7 +485,9 @@ def _run_actors(
     actor_class = ray.remote(num_cpus=config.cpus_per_actor, num_gpus=gpus, max_restarts=0)(VideoWorker)
 
     def start_actor() -> Any:
-        actor = actor_class.remote(config.checkpoint, config.device, threads, encoder, config.precision)
+        actor = actor_class.remote(
+            config.checkpoint, config.device, threads, encoder, config.precision, config.compiled
+        )
         if on_actor is not None:
             on_actor(actor, ray.get(actor.pid.remote()))
         return actor

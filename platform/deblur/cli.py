@@ -50,7 +50,14 @@ def _cmd_video(args: argparse.Namespace) -> int:
 
     try:
         result = deblur_file(
-            source, destination, model, device=args.device, encoder=encoder, on_frame=progress, precision=args.precision
+            source,
+            destination,
+            model,
+            device=args.device,
+            encoder=encoder,
+            on_frame=progress,
+            precision=args.precision,
+            compiled=args.compile,
         )
     finally:
         if bar is not None:
@@ -174,6 +181,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         "crf": args.crf,
         "max_retries": args.max_retries,
         "precision": args.precision,
+        "compiled": args.compile,
     }
     if args.include:
         values["include"] = tuple(args.include)
@@ -356,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="fp32",
         help="fp32; int8 (CPU, x86 quantized kernels); fp16 (CUDA); bf16",
     )
+    video.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the step (about 7 s per frame size, then ~5-10%% faster on CPUs: long videos)",
+    )
     video.add_argument("--lossless", action="store_true", help="lossless RGB H.264 (large files)")
     video.add_argument("--crf", type=int, default=18, help="H.264 quality, lower is better (default 18)")
     video.add_argument("--preset", default="medium", help="x264 speed preset (default medium)")
@@ -413,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["fp32", "int8", "bf16", "fp16"],
         default="fp32",
         help="as `deblur video`: fp32; int8 (CPU, x86 quantized kernels); fp16 (CUDA); bf16",
+    )
+    batch.add_argument(
+        "--compile", action="store_true", help="as `deblur video --compile` (compiled once per actor and frame size)"
     )
     batch.add_argument(
         "--retry-failed",

@@ -25,6 +25,7 @@ class DeblurResult:
     frames: int
     seconds: float
     info: VideoInfo
+    compiled: bool = False  # the steps ran through torch.compile (asked for, and it worked)
 
     @property
     def fps(self) -> float:
@@ -41,14 +42,18 @@ def deblur_file(
     on_frame: Callable[[int, VideoInfo], None] | None = None,
     name: str | None = None,
     precision: str = "fp32",
+    compiled: bool = False,
 ) -> DeblurResult:
     """Deblur ``source`` into ``destination`` (written atomically), one frame at a time.
 
-    ``name`` is what error messages call the source (default: its path).
+    ``name`` is what error messages call the source (default: its path). ``compiled`` runs the
+    step through ``torch.compile`` (see ``engine.compiled_step``: pays on long videos).
     """
     start = time.perf_counter()
-    engine = OnlineDeblurrer(model, device=device, precision=precision)
+    engine = OnlineDeblurrer(model, device=device, precision=precision, compiled=compiled)
     result: TransformResult = transform_video(
         source, destination, engine, encoder=encoder, on_frame=on_frame, name=name
     )
-    return DeblurResult(frames=result.frames, seconds=time.perf_counter() - start, info=result.info)
+    return DeblurResult(
+        frames=result.frames, seconds=time.perf_counter() - start, info=result.info, compiled=engine.runs_compiled
+    )

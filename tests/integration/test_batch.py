@@ -230,3 +230,28 @@ def test_int8_batch_gives_the_frames_of_deblur_video_int8(s3_bucket: str, tmp_pa
         # `deblur video` (integer kernels; the float parts do not depend on the thread count here).
         np.testing.assert_array_equal(got, references["int8"])
         assert not np.array_equal(got, references["fp32"])  # and it really ran in int8
+
+
+def test_compiled_batch_gives_the_frames_of_deblur_video(s3_bucket: str, tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    checkpoint = tmp_path / "tiny.safetensors"
+    save_checkpoint(tiny_model(), checkpoint)
+    # Two sizes: the actor compiles once per frame size and keeps both.
+    sources = {
+        "a.mp4": write_test_video(tmp_path / "a.mp4", width=40, height=30, frames=6, audio=False),
+        "b.mp4": write_test_video(tmp_path / "b.mp4", width=32, height=24, frames=5, audio=False),
+    }
+    for key, path in sources.items():
+        storage.upload_file(path, f"{s3_bucket}/in/{key}")
+    config = BatchConfig(checkpoint=str(checkpoint), actors=1, lossless=True, compiled=True)
+    run = run_batch(f"{s3_bucket}/in", f"{s3_bucket}/out", config=config, progress=False)
+    assert run.summary == {"ok": 2, "failed": 0}
+    assert json.loads(storage.read_bytes(run.manifest_uri))["config"]["compiled"] is True
+    assert all(r["compiled"] for r in run.records)  # compiled in the actor, no fallback to eager
+    for key, source in sources.items():
+        got = decoded(download(f"{s3_bucket}/out/{key}", tmp_path))
+        reference = tmp_path / "ref.mp4"
+        args = [str(source), "-o", str(reference), "--checkpoint", str(checkpoint), "--lossless", "-q"]
+        assert main(["video", *args, "--device", "cpu"]) == 0
+        # Inductor may reorder float sums: at most one level of 255 apart.
+        assert np.abs(got.astype(int) - decoded(reference).astype(int)).max() <= 1

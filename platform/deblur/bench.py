@@ -430,14 +430,16 @@ def run_train_benchmark(
                 name = f"w{workers}-{time.time_ns()}"
                 run = run_training(config, dataset=data, storage_path=str(directory / "runs"), name=name)
                 samples_per_s = float(run.metrics["samples_per_s"])
+                data_wait = float(run.metrics["data_wait"])
                 outputs = config.sequence_frames - 2 * config.m
                 macs = count_macs_per_pixel(DeblurNet(variant=config.variant, m=config.m))
                 gflops = samples_per_s * outputs * config.crop**2 * macs * 2 * 3 / 1e9
-                results[workers] = {"samples_per_s": samples_per_s, "gflops": gflops}
+                results[workers] = {"samples_per_s": samples_per_s, "gflops": gflops, "data_wait": data_wait}
                 echo(
                     f"{workers} worker(s) x {2 // workers} thread(s), batch {config.batch_size} of "
                     f"{config.sequence_frames}x{config.crop}x{config.crop}: {samples_per_s:.2f} samples/s, "
-                    f"{gflops:.1f} GFLOP/s (forward+backward, last {log_every} steps)"
+                    f"{gflops:.1f} GFLOP/s (forward+backward, last {log_every} steps), "
+                    f"{data_wait:.0%} of the time waiting for data"
                 )
         finally:
             ray.shutdown()

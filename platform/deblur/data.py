@@ -604,6 +604,23 @@ class _CropSampler:
             yield {"blurry": b, "sharp": s, "key": key}
 
 
+# One sampler per process and setting: its RNG runs on across the tasks (and epochs) this Ray
+# worker process runs, so a later pass over a window draws new crops, not the same ones again.
+_SAMPLERS: dict[tuple[int, int, bool, int | None, int], _CropSampler] = {}
+
+
+def _sample_shard(
+    item: dict[str, Any], *, frames: int, crop: int, flips: bool, seed: int | None, samples: int
+) -> Iterator[dict[str, Any]]:
+    """Random training samples from every window of one shard, in the task that reads it."""
+    key = (frames, crop, flips, seed, samples)
+    if key not in _SAMPLERS:
+        _SAMPLERS[key] = _CropSampler(frames=frames, crop=crop, flips=flips, seed=seed, samples=samples)
+    sampler = _SAMPLERS[key]
+    for row in _read_shard(item):
+        yield from sampler(row)
+
+
 def window_key(row: dict[str, Any]) -> str:
     """Names the stored window a training sample came from (in errors such as a non-finite loss)."""
     return f"{row['video_id']}/clip-{int(row['clip']):03d}/window-{int(row['start'])}"
@@ -660,18 +677,11 @@ def read_training_dataset(
     shards = training_shards(prefix)
     items = [{"uri": uri} for uri in shards]
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).randomize_block_order()
-    return dataset.flat_map(_read_shard, num_cpus=num_cpus).flat_map(
-        _CropSampler,
-        fn_constructor_kwargs={
-            "frames": frames,
-            "crop": crop,
-            "flips": flips,
-            "seed": seed,
-            "samples": samples_per_window,
-        },
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=num_cpus,
-    )
+    # Reading and cropping happen in one task per shard: the stored windows (megabytes each)
+    # never go through the object store, only the crops do; and no actor pool to start again
+    # at every pass over the data.
+    sample = {"frames": frames, "crop": crop, "flips": flips, "seed": seed, "samples": samples_per_window}
+    return dataset.flat_map(_sample_shard, fn_kwargs=sample, num_cpus=num_cpus)
 
 
 def iterate_eval_clips(prefix: str) -> Iterator[dict[str, Any]]:

@@ -536,7 +536,12 @@ def _peak_rss_of(code: str) -> float:
     import subprocess
     import sys
 
-    wrapped = code + "\nimport resource, json\nprint(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
+    # VmHWM, the high-water mark of this process image: ru_maxrss would not do, Linux keeps it
+    # across exec, so the child would report the (large) benchmark process it was forked from.
+    wrapped = code + (
+        "\nimport json, re\n"
+        "print(json.dumps(int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))))"
+    )
     out = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1]) / 1024
 

@@ -171,6 +171,7 @@ class _ShardWriter:
         self._stage: contextlib.ExitStack | None = None
         self._writer: Any = None
         self._uri = ""
+        self._schema = _shard_schema()
 
     def add(self, row: dict[str, Any]) -> None:
         import pyarrow as pa
@@ -185,7 +186,7 @@ class _ShardWriter:
             # both scan megabytes per value for nothing (together 5x the cost of the write).
             self._writer = pq.ParquetWriter(
                 staged,
-                _shard_schema(),
+                self._schema,
                 compression="none",
                 use_dictionary=["video_id"],
                 write_statistics=list(_SHARD_SCALARS),
@@ -193,7 +194,7 @@ class _ShardWriter:
         columns = [pa.array([row[key]]) for key in _SHARD_SCALARS]
         columns += [_frames_cell(row["blurry"]), _frames_cell(row["sharp"])]
         # One row per row group: a reader can fetch one window without the rest of the shard.
-        self._writer.write_table(pa.Table.from_arrays(columns, schema=_shard_schema()))
+        self._writer.write_table(pa.Table.from_arrays(columns, schema=self._schema))
         self.pending_bytes += row["blurry"].nbytes + row["sharp"].nbytes
         if self.pending_bytes >= self.target_bytes:
             self.flush()

@@ -10,6 +10,7 @@ CLI, the batch job and the endpoint all go through it, so their outputs agree.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import warnings
 import weakref
@@ -46,6 +47,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
     """Let glibc's malloc keep freed activation buffers instead of unmapping them (Linux only).
 
@@ -54,7 +56,7 @@ def keep_freed_memory() -> bool:
     activations in afresh (measured here: 4x the page faults, 1 s of system time per 10 steps,
     about 10% of the throughput). Raising the mmap and trim thresholds to 1 GiB keeps them in
     the heap for reuse; the process's memory is still bounded by its largest step. Returns
-    whether the setting was applied (False on other C libraries and systems).
+    whether the setting was applied (False on other C libraries and systems); once per process.
     """
     import ctypes
     import ctypes.util
@@ -163,7 +165,7 @@ class OnlineDeblurrer:
     @property
     def runs_compiled(self) -> bool:
         """Whether steps run compiled (asked for, and compiling did not fall back to eager)."""
-        return self._step is not self.model.step and _COMPILED.get(self.model) is self._step
+        return _COMPILED.get(self.model) is self._step
 
     def push(self, frame: np.ndarray) -> list[np.ndarray]:
         if self._finished:

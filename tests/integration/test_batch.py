@@ -190,17 +190,26 @@ def test_killed_actor_retries_the_video_from_its_start(s3_bucket: str, tmp_path:
     assert not [u for u in storage.list_files(f"{s3_bucket}/out") if "staging" in u]
 
 
-@pytest.mark.slow
-def test_int8_batch_gives_the_frames_of_deblur_video_int8(s3_bucket: str, tmp_path: Path) -> None:
-    torch.manual_seed(2)
+def _tiny_archive(
+    s3_bucket: str, tmp_path: Path, *, seed: int, videos: dict[str, tuple[int, int, int, bool]]
+) -> tuple[Path, dict[str, Path]]:
+    """A tiny model's checkpoint, and test videos (key: width, height, frames, audio) under IN/."""
+    torch.manual_seed(seed)
     checkpoint = tmp_path / "tiny.safetensors"
     save_checkpoint(tiny_model(), checkpoint)
-    sources = {
-        "a.mp4": write_test_video(tmp_path / "a.mp4", width=40, height=30, frames=8, audio=True),
-        "b/c.mp4": write_test_video(tmp_path / "c.mp4", width=32, height=24, frames=5, audio=False),
-    }
-    for key, path in sources.items():
-        storage.upload_file(path, f"{s3_bucket}/in/{key}")
+    sources = {}
+    for key, (width, height, frames, audio) in videos.items():
+        local = tmp_path / key.replace("/", "_")
+        sources[key] = write_test_video(local, width=width, height=height, frames=frames, audio=audio)
+        storage.upload_file(sources[key], f"{s3_bucket}/in/{key}")
+    return checkpoint, sources
+
+
+@pytest.mark.slow
+def test_int8_batch_gives_the_frames_of_deblur_video_int8(s3_bucket: str, tmp_path: Path) -> None:
+    checkpoint, sources = _tiny_archive(
+        s3_bucket, tmp_path, seed=2, videos={"a.mp4": (40, 30, 8, True), "b/c.mp4": (32, 24, 5, False)}
+    )
 
     # A GPU precision on CPU actors fails before any actor starts or anything is written.
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
@@ -233,16 +242,10 @@ def test_int8_batch_gives_the_frames_of_deblur_video_int8(s3_bucket: str, tmp_pa
 
 
 def test_compiled_batch_gives_the_frames_of_deblur_video(s3_bucket: str, tmp_path: Path) -> None:
-    torch.manual_seed(3)
-    checkpoint = tmp_path / "tiny.safetensors"
-    save_checkpoint(tiny_model(), checkpoint)
     # Two sizes: the actor compiles once per frame size and keeps both.
-    sources = {
-        "a.mp4": write_test_video(tmp_path / "a.mp4", width=40, height=30, frames=6, audio=False),
-        "b.mp4": write_test_video(tmp_path / "b.mp4", width=32, height=24, frames=5, audio=False),
-    }
-    for key, path in sources.items():
-        storage.upload_file(path, f"{s3_bucket}/in/{key}")
+    checkpoint, sources = _tiny_archive(
+        s3_bucket, tmp_path, seed=3, videos={"a.mp4": (40, 30, 6, False), "b.mp4": (32, 24, 5, False)}
+    )
     config = BatchConfig(checkpoint=str(checkpoint), actors=1, lossless=True, compiled=True)
     run = run_batch(f"{s3_bucket}/in", f"{s3_bucket}/out", config=config, progress=False)
     assert run.summary == {"ok": 2, "failed": 0}

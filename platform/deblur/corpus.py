@@ -8,8 +8,12 @@ built and tested, so this module renders stand-in videos that exercise the same 
   other photographs (colour photos and grey textures: brick, grass, gravel, coins, camera) with
   soft-edged random shapes. Objects lie at fixed depths, so nearer ones occlude farther ones.
 - **Camera shake**: a smooth random trajectory of translation, in-plane rotation and zoom (a sum
-  of low-frequency sinusoids, 0.5-4 Hz, like hand tremor and drift). Its speed is scaled so that
+  of low-frequency sinusoids, 0.5-4 Hz, like hand tremor and drift) on top of a steady pan whose
+  heading slowly turns (``camera_pan``: its share of the speed budget). The sum is scaled so that
   no pixel of the frame moves more than ``max_camera_motion`` pixels between consecutive frames.
+  Without the pan, the sinusoids' speed averages about a third of its peak and the blur of
+  Eq. 1 is far weaker than in real hand-held footage (37.7 dB input PSNR on the held-out set,
+  against about 26 dB for the GoPro dataset); the pan keeps most frames near the budget.
 - **Object motion**: each object has its own translation and rotation trajectory, faster than the
   camera (up to ``max_object_motion`` px/frame relative to the scene), so the blur of Eq. 1
   varies across the frame and differs between objects and background, as in dynamic scenes.
@@ -19,7 +23,7 @@ built and tested, so this module renders stand-in videos that exercise the same 
   than 1 pixel) among high-speed sharp frames" so that averaging frames (Eq. 1) draws a
   continuous blur, not separate copies of an edge; a renderer meets that by integrating the
   exposure, and can then move objects faster than 1 px per frame, as real scenes do. The camera
-  alone stays under 1 px per frame by default (0.8), as the paper asks of camera shake.
+  alone stays under 1 px per frame by default (0.9), as the paper asks of camera shake.
 - **Noise** (optional, ``noise_sigma`` in 8-bit levels): i.i.d. Gaussian sensor noise per frame.
 
 What it does not model: depth parallax inside the background, lighting changes, rolling shutter,
@@ -70,7 +74,8 @@ class CorpusConfig:
     height: int = 360
     fps: int = 240
     seconds: float = 2.0
-    max_camera_motion: float = 0.8  # px/frame at the fastest-moving pixel (paper: ideally < 1 px)
+    max_camera_motion: float = 0.9  # px/frame at the fastest-moving pixel (paper: ideally < 1 px)
+    camera_pan: float = 0.85  # share of that budget taken by a steady, slowly turning pan
     max_object_motion: float = 2.0  # px/frame, relative to the scene
     subframes: int = 0  # renders averaged per frame (its exposure); 0: enough for steps <= 1 px
     min_objects: int = 2
@@ -88,6 +93,8 @@ class CorpusConfig:
             raise ValueError(f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
         if self.max_camera_motion < 0 or self.max_object_motion < 0 or self.noise_sigma < 0:
             raise ValueError("motions and noise_sigma must be non-negative")
+        if not 0.0 <= self.camera_pan <= 1.0:
+            raise ValueError(f"camera_pan is a share of the camera's motion, in [0, 1]; got {self.camera_pan}")
         if self.subframes < 0:
             raise ValueError(f"subframes must be 0 (automatic) or more, got {self.subframes}")
 
@@ -176,6 +183,25 @@ def _random_motion(rng: np.random.Generator, frames: int, fps: int, *, max_speed
     return _Motion(tx=tx * scale, ty=ty * scale, angle=angle * scale, log_zoom=zoom * scale)
 
 
+def _add_pan(rng: np.random.Generator, shake: _Motion, *, speed: float, fps: int, share: float) -> _Motion:
+    """``shake`` scaled by ``1 - share`` plus a pan at a constant ``speed`` (px per render).
+
+    The pan's heading turns at 1-3 rad/s (a random sense), so the camera sweeps loops of 40-150 px
+    instead of leaving the scene: a hand-held camera is rarely still at 240 fps, so most frames
+    carry close to the full motion budget, where shake alone averages about a third of its peak.
+    Steps add at most ``speed`` to the shake's, so the fastest pixel stays within the budget.
+    """
+    n = len(shake.tx)
+    turn = rng.uniform(1.0, 3.0) * rng.choice([-1.0, 1.0]) / fps  # rad per render
+    heading = rng.uniform(0, 2 * np.pi) + turn * np.arange(n)
+    tx = np.concatenate([[0.0], np.cumsum(speed * np.cos(heading[:-1]))])
+    ty = np.concatenate([[0.0], np.cumsum(speed * np.sin(heading[:-1]))])
+    keep = 1.0 - share
+    return _Motion(
+        tx=shake.tx * keep + tx, ty=shake.ty * keep + ty, angle=shake.angle * keep, log_zoom=shake.log_zoom * keep
+    )
+
+
 def _pixel_grid(height: int, width: int) -> torch.Tensor:
     """Pixel centres relative to the frame centre, (H, W, 2) as (x, y)."""
     ys = torch.arange(height, dtype=torch.float32) - (height - 1) / 2
@@ -227,6 +253,14 @@ def _plan_scene(
     renders, h, w = config.frames * k, config.height, config.width
     half_diag = math.hypot(w, h) / 2
     camera = _random_motion(rng, renders, config.fps * k, max_speed=config.max_camera_motion / k, radius=half_diag)
+    if config.camera_pan > 0:
+        camera = _add_pan(
+            rng,
+            camera,
+            speed=config.camera_pan * config.max_camera_motion / k,
+            fps=config.fps * k,
+            share=config.camera_pan,
+        )
 
     # The background must cover every frame's footprint in the world: size the photo to the
     # largest extent any frame corner reaches, plus a margin for bilinear lookups.

@@ -32,16 +32,27 @@ def test_same_seed_same_video_other_seed_other_video() -> None:
 
 
 def test_camera_moves_every_pixel_less_than_the_limit_per_frame() -> None:
-    rng = np.random.default_rng(0)
     w, h = 640, 360
     corners = torch.tensor([[-w / 2, -h / 2], [w / 2, -h / 2], [-w / 2, h / 2], [w / 2, h / 2], [0.0, 0.0]])
-    for _ in range(5):
-        motion = _random_motion(rng, 240, 240, max_speed=0.8, radius=float(np.hypot(w, h) / 2))
-        world = torch.stack([_camera_to_world(corners, motion, n) for n in range(240)])  # (frames, 5, 2)
-        steps = (world[1:] - world[:-1]).norm(dim=-1)
-        assert float(steps.max()) <= 0.8 + 1e-4
-        assert float(steps.max()) > 0.5  # and it does move: the budget is used
-        assert np.ptp(motion.angle) > 0 and np.ptp(motion.log_zoom) > 0  # rotation and zoom too
+    for pan in (0.0, 0.85):
+        config = CorpusConfig(width=w, height=h, seconds=0.5, max_camera_motion=0.9, camera_pan=pan, subframes=1)
+        for index in range(3):
+            _, camera, _, _ = _plan_scene(np.random.default_rng([5, index]), config)
+            world = torch.stack([_camera_to_world(corners, camera, n) for n in range(config.frames)])
+            steps = (world[1:] - world[:-1]).norm(dim=-1)  # (frames - 1, 5)
+            assert float(steps.max()) <= 0.9 + 1e-4
+            assert float(steps.max()) > 0.5  # and it does move: the budget is used
+            assert np.ptp(camera.angle) > 0 and np.ptp(camera.log_zoom) > 0  # rotation and zoom too
+            if pan:
+                # A steady pan: the centre moves at close to the budget in every frame, not only at
+                # the peaks of the shake (whose speed averages about a third of its peak).
+                assert float(steps[:, 4].min()) >= (2 * pan - 1) * 0.9 - 1e-4
+                assert float(steps[:, 4].mean()) > 0.6
+
+
+def test_camera_pan_is_a_share() -> None:
+    with pytest.raises(ValueError, match="camera_pan"):
+        CorpusConfig(camera_pan=1.5)
 
 
 def test_objects_move_on_their_own() -> None:

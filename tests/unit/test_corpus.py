@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from deblur.cli import main
-from deblur.corpus import CorpusConfig, _camera_to_world, _plan_scene, _random_motion, generate_corpus, render_video
+from deblur.corpus import CorpusConfig, _camera_to_world, _plan_scene, generate_corpus, render_video
 from deblur.video import probe_video, read_frames
 
 SMALL = {"width": 64, "height": 48, "seconds": 0.1}

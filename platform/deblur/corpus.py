@@ -187,7 +187,7 @@ def _random_motion(rng: np.random.Generator, frames: int, fps: int, *, max_speed
 def _add_pan(rng: np.random.Generator, shake: _Motion, *, speed: float, fps: int, share: float) -> _Motion:
     """``shake`` scaled by ``1 - share`` plus a pan at a constant ``speed`` (px per render).
 
-    The pan's heading turns at 1-3 rad/s (a random sense), so the camera sweeps loops of 40-150 px
+    The pan's heading turns at 1-3 rad/s (a random sense), so the camera sweeps circles of 60-180 px radius
     instead of leaving the scene: a hand-held camera is rarely still at 240 fps, so most frames
     carry close to the full motion budget, where shake alone averages about a third of its peak.
     Steps add at most ``speed`` to the shake's, so the fastest pixel stays within the budget.

@@ -13,6 +13,7 @@ import torch
 
 from deblur.cli import main
 from deblur.corpus import CorpusConfig, _camera_to_world, _plan_scene, generate_corpus, render_video
+from deblur.evaluate import frame_psnr
 from deblur.video import probe_video, read_frames
 
 SMALL = {"width": 64, "height": 48, "seconds": 0.1}
@@ -163,10 +164,19 @@ def test_an_interrupted_corpus_resumes_and_other_settings_start_over(tmp_path: P
     written = generate_corpus(out, videos=3, seed=3, config=config)
     assert {uri: Path(uri).stat().st_mtime_ns for uri in first} == stamps
     assert len(written) == 3 and json.loads((tmp_path / "raw" / "corpus.json").read_text())["complete"] is True
-    np.testing.assert_array_equal(
-        np.stack(list(read_frames(written[2]))),
-        np.stack(list(read_frames(generate_corpus(str(tmp_path / "fresh"), videos=3, seed=3, config=config)[2]))),
-    )
+    # The third video is video 2 of seed 3, as a fresh run makes it. Compared through the codec's
+    # loss, not bit for bit: one CI run decoded a few pixels of two encodes of the same frames
+    # differently (never reproduced here), and the claim is about which video is made.
+    resumed = np.stack(list(read_frames(written[2])))
+    fresh = generate_corpus(str(tmp_path / "fresh"), videos=3, seed=3, config=config)
+    assert json.loads((tmp_path / "fresh" / "corpus.json").read_text())["videos"][2] == {
+        **json.loads((tmp_path / "raw" / "corpus.json").read_text())["videos"][2],
+        "video": fresh[2],
+    }
+    for index in range(3):
+        rendered = frames_of(config, seed=3, index=index)
+        worst = min(frame_psnr(a, b) for a, b in zip(resumed, rendered, strict=True))
+        assert worst > 25.0 if index == 2 else worst < 15.0, (index, worst)
     # Another seed is another corpus: nothing is reused.
     generate_corpus(out, videos=2, seed=4, config=config)
     assert all(Path(uri).stat().st_mtime_ns != stamps[uri] for uri in first)

@@ -58,6 +58,39 @@ def _timed(fn: Callable[[], int]) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
+def _single_threaded() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # as in a Ray task holding one CPU
+
+
+def _single_threaded_ready(_: int) -> bool:
+    import deblur.data  # noqa: F401  (imports paid before timing)
+
+    return True
+
+
+def _plain_processes_seconds(tasks: list[dict[str, Any]], processes: int) -> float:
+    """Wall seconds of ``process_video`` over ``tasks`` in ``processes`` plain processes (no Ray).
+
+    The pool is started and warmed before the clock starts, as the Ray runs are, and hands out
+    one video at a time, as Ray Data does: the machine's own scaling of the same work.
+    """
+    import multiprocessing
+
+    from deblur.data import process_video
+
+    with multiprocessing.get_context("spawn").Pool(processes, initializer=_single_threaded) as pool:
+        pool.map(_single_threaded_ready, range(processes), chunksize=1)
+        started = time.perf_counter()
+        records = pool.map(process_video, tasks, chunksize=1)
+        elapsed = time.perf_counter() - started
+    failed = [r for r in records if r["status"] == "failed"]
+    if failed:
+        raise RuntimeError(f"plain-process synthesis failed: {failed[0]['video']}: {failed[0]['error']}")
+    return elapsed
+
+
 def run_data_benchmark(
     *,
     videos: int = 8,
@@ -79,13 +112,15 @@ def run_data_benchmark(
     disk (page-cache writes here stall for writeback: 3-80 ms per 12 MB row), and the local S3
     server (moto, a Python process on the same two cores as the workers, spending about one
     CPU-second per 70 MB it receives, which a real object store does not take from the workers;
-    its CPU time is printed beside each run).
+    its CPU time is printed beside each run). Each round also runs the same synthesis in one
+    and two plain processes without Ray: the machine's own two-process scaling of this work,
+    against which the Ray figure can be read.
     """
     import ray
 
     from deblur import storage
     from deblur.corpus import CorpusConfig, generate_corpus
-    from deblur.data import DataConfig, synthesize_dataset
+    from deblur.data import DataConfig, plan_tasks, synthesize_dataset
     from deblur.local_s3 import LocalS3Server, exported
     from deblur.video import read_frames
 
@@ -124,6 +159,7 @@ def run_data_benchmark(
             synthesize_dataset("s3://bench/raw", f"{scratch}/warm", config=DataConfig(), workers=2)
             targets = {"memory": f"{memory}/out", "disk": f"{scratch}/out", "s3": "s3://bench/out"}
             ratios: dict[tuple[str, int], list[float]] = {(k, w): [] for k in targets for w in (1, 2)}
+            plain: list[float] = []
             # This VM's speed drifts by 20-30% over minutes, so decode and synthesis alternate
             # and each synthesis run is compared with the decode pass of its own round.
             for round_ in range(1, rounds + 1):
@@ -154,6 +190,20 @@ def run_data_benchmark(
                             f"in {elapsed:.1f} s = {fps:.0f} frames/s ({fps / decode_fps:.0%} of decode); "
                             f"S3 server CPU {server_cpu:.1f} s"
                         )
+                # The same synthesis without Ray, to memory: how far two processes scale on this
+                # machine at all (shared caches, memory bandwidth, the VM's scheduling).
+                seconds = {}
+                for processes in (1, 2):
+                    tasks, _ = plan_tasks("s3://bench/raw", f"{memory}/plain-{round_}-{processes}", DataConfig())
+                    for task in tasks:
+                        task["decode_threads"] = 1
+                    seconds[processes] = _plain_processes_seconds(tasks, processes)
+                plain.append(seconds[1] / seconds[2])
+                echo(
+                    f"round {round_}: the same synthesis to memory in plain processes, no Ray: 1 process "
+                    f"{frames / seconds[1]:.0f} frames/s, 2 processes {frames / seconds[2]:.0f} frames/s "
+                    f"({plain[-1]:.2f}x)"
+                )
         finally:
             ray.shutdown()
     for key, target in labels.items():
@@ -164,6 +214,11 @@ def run_data_benchmark(
             f"summary, outputs to {target} (median of {rounds} rounds): synthesis (1 worker) at {ratio:.0%} "
             f"of decode speed (goal >= 80%); 2 workers {speedup:.2f}x one (goal >= 1.7x)"
         )
+    results["speedup_plain"] = statistics.median(plain)
+    echo(
+        f"summary, this machine without Ray (median of {rounds} rounds): 2 plain processes "
+        f"{results['speedup_plain']:.2f}x one on the same videos, output to memory"
+    )
     return results
 
 

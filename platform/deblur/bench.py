@@ -58,16 +58,12 @@ def _timed(fn: Callable[[], int]) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-def _single_threaded() -> None:
+def _start_plain_worker() -> None:
     import torch
 
-    torch.set_num_threads(1)  # as in a Ray task holding one CPU
-
-
-def _single_threaded_ready(_: int) -> bool:
     import deblur.data  # noqa: F401  (imports paid before timing)
 
-    return True
+    torch.set_num_threads(1)  # as in a Ray task holding one CPU
 
 
 def _plain_processes_seconds(tasks: list[dict[str, Any]], processes: int) -> float:
@@ -80,8 +76,8 @@ def _plain_processes_seconds(tasks: list[dict[str, Any]], processes: int) -> flo
 
     from deblur.data import process_video
 
-    with multiprocessing.get_context("spawn").Pool(processes, initializer=_single_threaded) as pool:
-        pool.map(_single_threaded_ready, range(processes), chunksize=1)
+    with multiprocessing.get_context("spawn").Pool(processes, initializer=_start_plain_worker) as pool:
+        pool.map(abs, range(processes), chunksize=1)  # returns once the workers have started
         started = time.perf_counter()
         records = pool.map(process_video, tasks, chunksize=1)
         elapsed = time.perf_counter() - started

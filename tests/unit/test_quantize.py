@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from deblur.engine import OnlineDeblurrer, deblur_frames
-from deblur.quantize import calibration_windows, quantize_model
+from deblur.quantize import calibration_windows, cpu_int8_instructions, quantize_model
 from media import pattern_frame
 from tiny import tiny_model
 
@@ -16,7 +18,12 @@ def test_int8_model_stays_close_to_fp32_and_keeps_the_interface() -> None:
     torch.manual_seed(0)
     model = tiny_model(width=16, feature_channels=8)
     windows = calibration_windows(model, frames=4, size=(48, 64))
-    quantized = quantize_model(model, calibration=windows)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantized = quantize_model(model, calibration=windows)
+    # A CPU without int8 dot products is told that int8 will not be faster; one with them is not.
+    warned = any("no int8 dot-product instructions" in str(w.message) for w in caught)
+    assert warned == (cpu_int8_instructions() == [])
     assert quantized.quantized and not getattr(model, "quantized", False)  # the original is untouched
     frames = [pattern_frame(i, 40, 30) for i in range(6)]
     fp32 = np.stack(list(deblur_frames(model, frames, device="cpu")))
@@ -36,3 +43,11 @@ def test_precisions_are_checked_against_the_device() -> None:
     frames = [pattern_frame(i, 16, 16) for i in range(3)]
     bf16 = list(deblur_frames(model, frames, device="cpu", precision="bf16"))
     assert len(bf16) == 3 and bf16[0].dtype == np.uint8
+
+
+def test_int8_instructions_are_read_from_the_cpu_flags() -> None:
+    xeon = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni avx512_bf16\nprocessor\t: 1\n"
+    assert cpu_int8_instructions(xeon) == ["avx512_vnni"]
+    assert cpu_int8_instructions("flags\t\t: fpu sse avx2 fma amx_int8 avx_vnni\n") == ["amx_int8", "avx_vnni"]
+    assert cpu_int8_instructions("flags\t\t: fpu sse avx2 fma\n") == []
+    assert cpu_int8_instructions("model name\t: some CPU without a flags line\n") is None

@@ -483,6 +483,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     batches = _batches(ray.train.get_dataset_shard("train"), config.per_worker_batch)
     window_loss, window_mse, window_count, started = 0.0, 0.0, 0, time.perf_counter()
     waited = 0.0  # seconds of the window spent waiting for data: says whether a run is input-bound
+    # Totals from the first log step on (start-up excluded): the window figures above swing with
+    # whether a window holds one of the data reader's restarts at each pass over the data.
+    since_first_log: dict[str, float] | None = None
     while step < config.steps:
         asked = time.perf_counter()
         batch = next(batches)
@@ -527,6 +530,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             "samples_per_s": window_count * config.batch_size / max(elapsed, 1e-9),
             "data_wait": waited / max(elapsed, 1e-9),  # fraction of the time spent waiting for batches
         }
+        if since_first_log is None:
+            since_first_log = {"samples": 0.0, "seconds": 0.0, "waited": 0.0}
+        else:
+            since_first_log["samples"] += window_count * config.batch_size
+            since_first_log["seconds"] += elapsed
+            since_first_log["waited"] += waited
+            metrics["mean_samples_per_s"] = since_first_log["samples"] / max(since_first_log["seconds"], 1e-9)
+            metrics["mean_data_wait"] = since_first_log["waited"] / max(since_first_log["seconds"], 1e-9)
         window_loss, window_mse, window_count, started, waited = 0.0, 0.0, 0, time.perf_counter(), 0.0
         if eval_now and rank == 0:
             model.eval()

@@ -57,6 +57,8 @@ def test_two_worker_ddp_run_completes_and_checkpoints(dataset: str, s3_bucket: s
     run = run_training(config, dataset=dataset, storage_path=f"{s3_bucket}/runs", name="ddp")
     assert run.metrics["step"] == 6
     assert run.metrics["val_psnr"] > 0
+    # Speed over every log window after the first (what `deblur bench train` prints).
+    assert run.metrics["mean_samples_per_s"] > 0 and 0 <= run.metrics["mean_data_wait"] < 1
     assert run.checkpoint is not None and run.checkpoint.startswith(f"{s3_bucket}/runs/ddp/")
     model = load_checkpoint(run.model).model
     assert load_checkpoint(run.model).provenance["step"] == 6

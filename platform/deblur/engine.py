@@ -135,6 +135,14 @@ class OnlineDeblurrer:
         self.precision = check_precision(precision, self.device)
         if self.device.type == "cpu":
             keep_freed_memory()
+        if precision == "bf16" and self.device.type == "cpu":
+            from deblur.hardware import cpu_has_amx_bf16
+
+            if not cpu_has_amx_bf16():
+                warnings.warn(
+                    "this CPU has no AMX-BF16 tiles: bf16 will run slower than fp32 here",
+                    stacklevel=2,
+                )
         if precision == "int8":
             from deblur.quantize import quantize_model
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from deblur.engine import OnlineDeblurrer, deblur_frames, prepare_model
+from deblur.hardware import cpu_has_amx_bf16
 from deblur.model import DeblurNet
 
 TINY = {"width": 8, "feature_channels": 4, "num_blocks": 1}
@@ -179,3 +180,16 @@ def test_a_compiled_engine_gives_the_eager_frames_and_shares_its_compiled_code()
     assert first.runs_compiled and not OnlineDeblurrer(model, device="cpu").runs_compiled
     second = OnlineDeblurrer(model, device="cpu", compiled=True)
     assert second._step is first._step  # one compiled step per prepared model, not per video
+
+
+def test_bf16_on_the_cpu_stays_close_to_fp32_and_warns_only_without_amx() -> None:
+    model = seeded_model()
+    frames = random_frames(6, 16, 20)
+    fp32 = np.stack(list(deblur_frames(model, frames, device="cpu"))).astype(int)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bf16 = np.stack(list(deblur_frames(model, frames, device="cpu", precision="bf16"))).astype(int)
+    warned = any("no AMX-BF16" in str(w.message) for w in caught)
+    assert warned == (not cpu_has_amx_bf16())
+    # bf16 keeps 8 bits of mantissa in the convolutions; state, blending and output stay fp32.
+    assert np.abs(bf16 - fp32).max() <= 3 and np.abs(bf16 - fp32).mean() < 0.5

@@ -45,13 +45,16 @@ def describe_machine() -> str:
         memory = f", {pages * size / 2**30:.0f} GiB"
     except (ValueError, OSError):
         pass
-    # The vector width sets the fp32 roofline, and int8 dot products the int8 speed-up.
+    # The vector width sets the fp32 roofline, int8 dot products the int8 speed-up, and AMX-BF16
+    # whether bf16 (training's autocast, --precision bf16) beats fp32.
+    from deblur.hardware import cpu_has_amx_bf16
     from deblur.quantize import cpu_int8_instructions
 
     int8 = cpu_int8_instructions()
     isa = torch.backends.cpu.get_cpu_capability()
     if int8 is not None:
         isa += f", {'/'.join(int8).upper()}" if int8 else ", no VNNI"
+        isa += ", AMX_BF16" if cpu_has_amx_bf16() else ", no AMX_BF16"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
         f"{cpu} ({isa}), {os.cpu_count()} logical CPUs{memory}, {gpu}; Python {platform.python_version()}, "

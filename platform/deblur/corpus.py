@@ -376,9 +376,10 @@ def generate_corpus(
     done = _finished_videos(manifest_uri, seed=seed, config=config)
     written, described = [], []
     for index in range(videos):
-        uri = storage.join_uri(out, f"video_{index:04d}.mp4")
-        if uri in done and storage.exists(uri):
-            described.append(done[uri])
+        name = f"video_{index:04d}.mp4"
+        uri = storage.join_uri(out, name)
+        if name in done and storage.exists(uri):
+            described.append({**done[name], "video": uri})
         else:
             frames, description = render_video(config, seed=seed, index=index)
             with storage.staged_output(uri, suffix=".mp4") as staged:
@@ -392,7 +393,11 @@ def generate_corpus(
 
 
 def _finished_videos(manifest_uri: str, *, seed: int, config: CorpusConfig) -> dict[str, dict[str, Any]]:
-    """The videos an earlier run of the same seed and config finished, by URI (none otherwise)."""
+    """The videos an earlier run of the same seed and config finished, by file name (none otherwise).
+
+    By name, not URI: the same prefix given another way (relative or absolute path, a trailing
+    slash) is the same corpus, and once re-rendered all of it for want of an equal string.
+    """
     if not storage.exists(manifest_uri):
         return {}
     try:
@@ -401,7 +406,7 @@ def _finished_videos(manifest_uri: str, *, seed: int, config: CorpusConfig) -> d
         return {}
     if manifest.get("seed") != seed or manifest.get("config") != asdict(config):
         return {}
-    return {entry["video"]: entry for entry in manifest.get("videos", [])}
+    return {entry["video"].rstrip("/").rsplit("/", 1)[-1]: entry for entry in manifest.get("videos", [])}
 
 
 def _write_corpus_manifest(

@@ -151,7 +151,7 @@ def test_a_frame_integrates_its_exposure() -> None:
         CorpusConfig(subframes=-1)
 
 
-def test_an_interrupted_corpus_resumes_and_other_settings_start_over(tmp_path: Path) -> None:
+def test_an_interrupted_corpus_resumes_and_other_settings_start_over(tmp_path: Path, monkeypatch) -> None:
     config = CorpusConfig(**SMALL)
     out = str(tmp_path / "raw")
     first = generate_corpus(out, videos=2, seed=3, config=config)
@@ -161,7 +161,11 @@ def test_an_interrupted_corpus_resumes_and_other_settings_start_over(tmp_path: P
     # As if the run had been cut off after two of three videos: the two are kept, the third made.
     manifest["complete"] = False
     (tmp_path / "raw" / "corpus.json").write_text(json.dumps(manifest))
-    written = generate_corpus(out, videos=3, seed=3, config=config)
+    # The same directory spelled another way (here relative to the working directory) is the same corpus.
+    monkeypatch.chdir(tmp_path)
+    written = generate_corpus("raw/", videos=3, seed=3, config=config)
+    written = [str(tmp_path / uri) for uri in written]
+    assert written[:2] == first
     assert {uri: Path(uri).stat().st_mtime_ns for uri in first} == stamps
     assert len(written) == 3 and json.loads((tmp_path / "raw" / "corpus.json").read_text())["complete"] is True
     # The third video is video 2 of seed 3, as a fresh run makes it. Compared through the codec's

@@ -483,10 +483,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     device = ray.train.torch.get_device()
     model = model.to(device).to(memory_format=torch.channels_last)
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False) if context.get_world_size() > 1 else model
-    amp_dtype = choose_autocast(config.amp, device)
-    amp = amp_dtype is not None
-    amp_dtype = amp_dtype or torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+    autocast_dtype = choose_autocast(config.amp, device)
+    amp, amp_dtype = autocast_dtype is not None, autocast_dtype or torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
 
     writer = None
     log_dir = Path(tempfile.mkdtemp(prefix="deblur-tb-"))

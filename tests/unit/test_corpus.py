@@ -12,7 +12,16 @@ import pytest
 import torch
 
 from deblur.cli import main
-from deblur.corpus import CorpusConfig, _camera_to_world, _plan_scene, generate_corpus, render_video
+from deblur.corpus import (
+    CorpusConfig,
+    _camera_to_world,
+    _object_window,
+    _pixel_grid,
+    _plan_scene,
+    _sample,
+    generate_corpus,
+    render_video,
+)
 from deblur.evaluate import frame_psnr
 from deblur.video import probe_video, read_frames
 
@@ -134,6 +143,35 @@ def test_no_point_on_screen_moves_more_than_one_pixel_between_renders() -> None:
             fastest.append(float(steps.max()))
     assert max(fastest) <= (config.max_camera_motion + config.max_object_motion) / k + 1e-3 <= 1.0
     assert max(fastest) * k > 1.0  # objects do move faster than a pixel per frame
+
+
+def test_objects_are_drawn_wherever_they_are_seen() -> None:
+    """The renderer composites each object only inside its window: the window must hold every
+    pixel the object's full-frame layer touches, or the object would be clipped."""
+    config = CorpusConfig(width=96, height=64, seconds=0.3, max_camera_motion=6.0, max_object_motion=12.0)
+    grid = _pixel_grid(config.height, config.width)
+    seen = hidden = 0
+    for index in range(4):
+        _, camera, objects, _ = _plan_scene(np.random.default_rng([3, index]), config)
+        for n in range(0, len(camera.tx), 5):
+            world = _camera_to_world(grid, camera, n)
+            for obj in objects:
+                m = obj.motion
+                ox, oy = obj.centre[0] + m.tx[n], obj.centre[1] + m.ty[n]
+                c, s = math.cos(m.angle[n]), math.sin(m.angle[n])
+                dx, dy = world[..., 0] - ox, world[..., 1] - oy
+                layer = _sample(obj.texture, torch.stack([c * dx + s * dy, -s * dx + c * dy], dim=-1))
+                touched = layer.abs().amax(dim=0) > 0
+                window = _object_window((ox, oy), obj.texture.shape[-1], camera, n, config.height, config.width)
+                if window is None:
+                    assert not touched.any()
+                    hidden += 1
+                    continue
+                inside = torch.zeros_like(touched)
+                inside[window] = True
+                assert not (touched & ~inside).any(), f"video {index}, render {n}: object drawn outside its window"
+                seen += int(touched.any())
+    assert seen > 20 and hidden > 0  # both cases were exercised
 
 
 def test_a_frame_integrates_its_exposure() -> None:

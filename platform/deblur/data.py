@@ -41,6 +41,7 @@ from deblur.synthesis import ClipParams, SynthesisConfig, draw_clip_params, synt
 
 __all__ = [
     "DataConfig",
+    "count_training_windows",
     "load_manifest",
     "process_video",
     "read_training_dataset",
@@ -644,6 +645,19 @@ def training_shards(prefix: str) -> list[str]:
     if not shards:
         raise ValueError(f"{prefix}: the dataset has no training shards (summary: {manifest['summary']})")
     return shards
+
+
+def count_training_windows(prefix: str) -> int:
+    """How many stored training windows (rows) the dataset's shards hold, from its manifest."""
+    manifest = load_manifest(prefix)
+    config = DataConfig.from_dict(manifest["config"])
+    whole, least = config.window_frames, config.min_window_frames
+    return sum(
+        clip["pairs"] // whole + (clip["pairs"] % whole >= least)
+        for record in manifest["videos"]
+        if record["status"] == "ok" and record["split"] == "train"
+        for clip in record["clips"]
+    )
 
 
 def read_training_dataset(

@@ -12,7 +12,14 @@ import pytest
 from deblur import storage
 from deblur.cli import main
 from deblur.corpus import CorpusConfig, generate_corpus
-from deblur.data import DataConfig, iterate_eval_clips, load_manifest, read_training_dataset, synthesize_dataset
+from deblur.data import (
+    DataConfig,
+    count_training_windows,
+    iterate_eval_clips,
+    load_manifest,
+    read_training_dataset,
+    synthesize_dataset,
+)
 from deblur.synthesis import ClipParams, synthesize_clip
 from deblur.video import probe_video, read_frames
 
@@ -73,6 +80,7 @@ def test_corpus_to_training_batches(s3_bucket: str) -> None:
 
     # Here every clip is one 13-pair window, so one row per clip of a training video.
     train_rows = sum(len(r["clips"]) for r in good if r["split"] == "train")
+    assert count_training_windows(out) == train_rows  # what training sizes its reader's buffer by
     dataset = read_training_dataset(out, frames=13, crop=128, seed=0, samples_per_window=1)
     batch = next(iter(dataset.iter_batches(batch_size=train_rows, batch_format="numpy")))
     assert batch["blurry"].shape == batch["sharp"].shape == (train_rows, 13, 128, 128, 3)

@@ -105,7 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     if step != config.steps:
         print(f"bundle_model: the run stopped at step {step}, expected {config.steps}", file=sys.stderr)
         return 1
-    report = evaluate_model(trained.model, str(data), device="cpu", label=f"strcnn_dtb m=1 ({PRESET})")
+    eval_started = time.perf_counter()
+
+    def show_clip(score) -> None:  # a full evaluation takes minutes: show that it moves
+        print(
+            f"    {score.video_id} clip {score.clip}: {score.frames} frames, "
+            f"{sum(score.psnr) / score.frames:.2f} dB (input {sum(score.input_psnr) / score.frames:.2f}), "
+            f"{time.perf_counter() - eval_started:.0f} s",
+            flush=True,
+        )
+
+    report = evaluate_model(
+        trained.model, str(data), device="cpu", label=f"strcnn_dtb m=1 ({PRESET})", on_clip=show_clip
+    )
     write_reports([report], str(report_dir))
     overall = report.overall
     print(

@@ -173,7 +173,8 @@ def test_bundled_model_is_the_default_and_says_where_it_came_from(
     bundled = load_checkpoint(None)
     assert (bundled.config.variant, bundled.config.m) == ("strcnn_dtb", 1)  # the paper's final model
     provenance = bundled.provenance
-    assert provenance["preset"] == "cpu-small" and provenance["step"] == 1200
+    assert provenance["preset"] == "cpu-small"
+    assert provenance["step"] == provenance["train_config"]["steps"] > 0  # a finished run, not a snapshot
     assert re.fullmatch(r"[0-9a-f]{7,40}", provenance["training_commit"])
     assert "--seed 0" in provenance["data"]["corpus"]
     assert provenance["evaluation"]["psnr"] > provenance["evaluation"]["input_psnr"]

@@ -621,7 +621,7 @@ def _ingest_config(config: TrainConfig, windows: int) -> Any:
     wait on and polls without pause. Measured here, for a 140 MB pass (55 windows x 8 crops of
     13x64x64) read at 0.6 s a batch: the coordinator took 0.57-0.59 of a core at a 64 MiB cap,
     0.04-0.31 at 168 MiB, 0.02-0.05 at 512 MiB. The cpu-small preset trained at 1.5 samples/s
-    (20-step windows of 1.0-2.9) at 64 MiB, at 4.4 (4.3-5.4) at the cap below. So the cap is
+    (20-step windows of 1.0-2.9) at 64 MiB, at 4.0-4.4 (4.3-5.4) at the cap below. So the cap is
     four passes (``windows`` stored windows times ``samples_per_window`` crops), since Ray Data
     gives each operator only part of it; at least 64 MiB, at most 1 GiB. The reader never holds
     more than one pass; a pass too large to fit streams, and pays the polling.

@@ -648,16 +648,14 @@ def training_shards(prefix: str) -> list[str]:
 
 
 def count_training_windows(prefix: str) -> int:
-    """How many stored training windows (rows) the dataset's shards hold, from its manifest."""
-    manifest = load_manifest(prefix)
-    config = DataConfig.from_dict(manifest["config"])
-    whole, least = config.window_frames, config.min_window_frames
-    return sum(
-        clip["pairs"] // whole + (clip["pairs"] % whole >= least)
-        for record in manifest["videos"]
-        if record["status"] == "ok" and record["split"] == "train"
-        for clip in record["clips"]
-    )
+    """How many stored training windows (rows) the dataset's finished shards hold (their footers)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for uri in training_shards(prefix):
+        with storage.open_input(uri) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
 
 
 def read_training_dataset(

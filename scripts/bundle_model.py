@@ -10,13 +10,15 @@ The recipe of ``platform/deblur/weights/strcnn_dtb_m1.safetensors`` (the paper's
 
 then the trained weights are written to the package with their provenance (data recipe, preset,
 steps, the commit that trained them, the evaluation on the held-out videos) in the checkpoint's
-header and, for people, in ``strcnn_dtb_m1.json`` beside it.
+header and, for people, in ``strcnn_dtb_m1.json`` beside it; the README's paragraph on the bundled
+model (between ``<!-- bundle:model:begin -->`` and ``<!-- bundle:model:end -->``) is rewritten from it.
 
 Every stage resumes: the corpus keeps the videos it finished, synthesis skips finished videos, training
 resumes its run from the latest checkpoint. The work directory is local (``out/bundle`` by default)
 so that a run of an hour or more survives a restart of this process.
 
     .venv/bin/python scripts/bundle_model.py [--work out/bundle] [--set steps=1200]
+    .venv/bin/python scripts/bundle_model.py --readme-only   # only rewrite the README's paragraph
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 CORPUS = {"videos": 24, "seconds": 4.0, "seed": 0}  # the defaults of --videos and --seconds
 PRESET = "cpu-small"
 RUN_NAME = "bundled"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _git(*args: str) -> str:
@@ -49,12 +52,29 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="where to write the checkpoint (default: the package's weights/strcnn_dtb_m1.safetensors)",
     )
+    parser.add_argument(
+        "--readme", default=str(REPO / "README.md"), help="README whose bundled-model paragraph to rewrite"
+    )
+    parser.add_argument(
+        "--readme-only", action="store_true", help="only rewrite the README's paragraph from the bundled model's JSON"
+    )
     args = parser.parse_args(argv)
+
+    from deblur.bench import replace_marked_block
+    from deblur.checkpoint import BUNDLED_NAME
+
+    package_weights = REPO / "platform" / "deblur" / "weights"
+    dest = Path(args.dest) if args.dest else package_weights / BUNDLED_NAME
+    if args.readme_only:
+        provenance = json.loads(dest.with_suffix(".json").read_text())["provenance"]
+        replace_marked_block(Path(args.readme), "bundle:model", describe_bundle(provenance, dest))
+        print(f"rewrote the bundled model's paragraph in {args.readme}", flush=True)
+        return 0
 
     import torch
 
     from deblur.bench import describe_machine
-    from deblur.checkpoint import BUNDLED_NAME, load_checkpoint, save_checkpoint
+    from deblur.checkpoint import load_checkpoint, save_checkpoint
     from deblur.config import parse_overrides
     from deblur.corpus import CorpusConfig, generate_corpus
     from deblur.data import DataConfig, synthesize_dataset
@@ -150,15 +170,37 @@ def main(argv: list[str] | None = None) -> int:
             **{k: round(float(v), 4) for k, v in overall.items()},
         },
     }
-    package_weights = Path(__file__).resolve().parents[1] / "platform" / "deblur" / "weights"
-    dest = Path(args.dest) if args.dest else package_weights / BUNDLED_NAME
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(trained.model, dest, provenance=provenance)
     dest.with_suffix(".json").write_text(
         json.dumps({"config": trained.config.to_dict(), "provenance": provenance}, indent=2, sort_keys=True) + "\n"
     )
     print(f"wrote {dest} and {dest.with_suffix('.json').name}", flush=True)
+    replace_marked_block(Path(args.readme), "bundle:model", describe_bundle(provenance, dest))
+    print(f"rewrote the bundled model's paragraph in {args.readme}", flush=True)
     return 0
+
+
+def describe_bundle(provenance: dict, weights: Path) -> str:
+    """The README's paragraph on the bundled model, from the provenance its recipe recorded."""
+    config, evaluation = provenance["train_config"], provenance["evaluation"]
+    precision = "bf16 autocast" if config["amp"] else "fp32"
+    minutes = provenance.get("training_seconds", 0.0) / 60
+    try:
+        shown = weights.resolve().relative_to(REPO)
+    except ValueError:
+        shown = weights
+    return (
+        f"The bundled model (`{shown}`, the default of `deblur video`): STRCNN+DTB, m = 1, "
+        f"preset `{provenance['preset']}`, {provenance['step']} steps of batch {config['batch_size']} "
+        f"({config['sequence_frames']} frames, {config['crop']}x{config['crop']} crops, {precision}), "
+        f"trained by `{provenance['recipe']}` at commit {provenance.get('training_commit', '?')} "
+        f"in {minutes:.0f} min on {provenance['machine'].split(';')[0]}. "
+        f"On the held-out source videos of its synthetic corpus ({evaluation['clips']} clips, "
+        f"{evaluation['frames']:.0f} frames): PSNR {evaluation['psnr']:.2f} dB against "
+        f"{evaluation['input_psnr']:.2f} dB for the blurry input (**{evaluation['psnr_gain']:+.2f} dB**), "
+        f"SSIM {evaluation['ssim']:.4f} against {evaluation['input_ssim']:.4f}."
+    )
 
 
 if __name__ == "__main__":

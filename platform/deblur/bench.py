@@ -800,12 +800,17 @@ def run_perf_benchmark(
     echo("\n" + table)
     results["table"] = table
     if readme:
-        _replace_between(Path(readme), "<!-- bench:perf:begin -->", "<!-- bench:perf:end -->", table)
+        replace_marked_block(Path(readme), "bench:perf", table)
         echo(f"table written into {readme}")
     return results
 
 
-def _replace_between(path: Path, begin: str, end: str, content: str) -> None:
+def replace_marked_block(path: Path, name: str, content: str) -> None:
+    """Rewrite what lies between ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in a text file.
+
+    How measured figures get into the README: written by the command that measured them.
+    """
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = path.read_text()
     if begin not in text or end not in text:
         raise ValueError(f"{path}: markers {begin} and {end} not found")

@@ -34,6 +34,7 @@ __all__ = [
     "keep_freed_memory",
     "prepare_model",
     "resolve_device",
+    "zero_dead_weights",
 ]
 
 
@@ -77,7 +78,8 @@ def keep_freed_memory() -> bool:
 def prepare_model(model: DeblurNet, device: str | torch.device | None = "auto") -> DeblurNet:
     """``model`` as the engine runs it: eval mode, on ``device``, 4-D weights channels-last.
 
-    Channels-last is about twice as fast for these convs on CPUs and on tensor cores. A model
+    Channels-last is about twice as fast for these convs on CPUs and on tensor cores; weights
+    that training shrank to nothing are zeroed (``zero_dead_weights``: subnormal arithmetic). A model
     already prepared so is returned as it is, and engines then share it (inference never writes
     to it); any other is copied once, so an engine never changes its caller's model (one being
     trained keeps its mode and layout) and engines on different devices never move one model
@@ -86,7 +88,32 @@ def prepare_model(model: DeblurNet, device: str | torch.device | None = "auto") 
     device = resolve_device(device)
     if _is_prepared(model, device):
         return model
-    return copy.deepcopy(model).eval().to(device, memory_format=torch.channels_last)
+    return zero_dead_weights(copy.deepcopy(model).eval().to(device, memory_format=torch.channels_last))
+
+
+# Adam with the L2 term of Eq. 4 shrinks a weight that the data no longer moves (e.g. into a
+# channel ReLU keeps at zero) geometrically towards zero: a 2400-step model had 10% of its
+# weights below 1e-35. Such a weight changes no output (times any activation here it is far
+# below fp32's resolution of [0, 1]), but its products fall into the subnormal range, where
+# x86 CPUs take a microcode assist per operation: fp32 inference of that model ran 16x slower
+# (7.9 s against 0.48 s for 3 frames of 480x270) with a bit-identical output once they were zeroed.
+DEAD_WEIGHT = 1e-30
+
+
+def zero_dead_weights(model: DeblurNet) -> DeblurNet:
+    """Set every parameter smaller in magnitude than ``DEAD_WEIGHT`` (but not zero) to zero, in place."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.masked_fill_(parameter.abs() < DEAD_WEIGHT, 0.0)
+    return model
+
+
+def _has_dead_weights(model: DeblurNet) -> bool:
+    return any(
+        bool(((p != 0) & (p.abs() < DEAD_WEIGHT)).any())
+        for p in model.parameters()
+        if p.is_floating_point() and p.device.type != "meta"  # meta tensors hold no values
+    )
 
 
 def _is_prepared(model: DeblurNet, device: torch.device) -> bool:
@@ -97,7 +124,7 @@ def _is_prepared(model: DeblurNet, device: torch.device) -> bool:
             return False
         if tensor.dim() == 4 and not tensor.is_contiguous(memory_format=torch.channels_last):
             return False
-    return True
+    return not _has_dead_weights(model)
 
 
 PRECISIONS = ("fp32", "int8", "bf16", "fp16")

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from deblur.engine import zero_dead_weights
 from deblur.hardware import read_cpu_flags
 from deblur.model import DeblurNet, ModelConfig, RecurrentState
 
@@ -232,7 +233,7 @@ def quantize_model(
             f"{', '.join(INT8_INSTRUCTIONS)}): int8 will run at about the speed of fp32 here",
             stacklevel=2,
         )
-    float_model = copy.deepcopy(model).cpu().eval()
+    float_model = zero_dead_weights(copy.deepcopy(model).cpu().eval())  # see zero_dead_weights
     windows = list(calibration) if calibration is not None else calibration_windows(float_model)
     if len(windows) < 2:
         raise ValueError("calibration needs at least 2 windows (step 0 runs in fp32 and is not calibrated)")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deblur.engine import OnlineDeblurrer, deblur_frames, prepare_model
+from deblur.engine import DEAD_WEIGHT, OnlineDeblurrer, deblur_frames, prepare_model
 from deblur.hardware import cpu_has_amx_bf16
 from deblur.model import DeblurNet
 
@@ -144,6 +144,27 @@ def test_a_prepared_model_is_shared_not_copied() -> None:
     assert a.model is prepared and b.model is prepared  # no copy per engine (or per frame)
     frames = random_frames(6)
     np.testing.assert_array_equal(np.stack(list(a.run(frames))), reference(model, frames))
+
+
+def test_weights_training_shrank_to_nothing_are_zeroed_in_the_engines_copy_only() -> None:
+    # Such weights (Adam plus the L2 term) make CPUs compute in subnormals, many times slower.
+    model = seeded_model().eval().to(memory_format=torch.channels_last)
+    weight = model.decoder.blocks[0].conv1.weight
+    with torch.no_grad():
+        weight[0, 0, 0] = torch.tensor([1e-40, -1e-36, 1e-31])  # subnormal, tiny, tiny
+        weight[0, 0, 1, :2] = torch.tensor([DEAD_WEIGHT * 10, -0.25])  # both kept
+    kept = weight.detach().clone()
+    prepared = prepare_model(model, "cpu")
+    assert prepared is not model  # eval and channels-last, but not ready to run fast: copied
+    got = prepared.decoder.blocks[0].conv1.weight[0, 0]
+    assert got[0].tolist() == [0.0, 0.0, 0.0]
+    assert got[1, :2].tolist() == pytest.approx([DEAD_WEIGHT * 10, -0.25], rel=1e-6, abs=0.0)
+    torch.testing.assert_close(weight.detach(), kept, rtol=0, atol=0)  # the caller's model is untouched
+    assert prepare_model(prepared, "cpu") is prepared
+    frames = random_frames(5)
+    np.testing.assert_array_equal(
+        np.stack(list(OnlineDeblurrer(prepared, device="cpu").run(frames))), reference(model, frames)
+    )
 
 
 def test_bad_frames_and_reuse_are_refused() -> None:

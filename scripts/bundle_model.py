@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "step": step,
         "train_config": config.to_dict(),
         "training_commit": commit,
-        "training_seconds": round(train_seconds, 1),
+        # Wall time only when this invocation trained the whole run (a resumed one's is unknown).
+        "training_seconds": round(train_seconds, 1) if int(run.metrics.get("start_step", 0)) == 0 else None,
         "machine": describe_machine(),
         "torch_version": torch.__version__,
         "ray_version": ray.__version__,
@@ -185,7 +186,8 @@ def describe_bundle(provenance: dict, weights: Path) -> str:
     """The README's paragraph on the bundled model, from the provenance its recipe recorded."""
     config, evaluation = provenance["train_config"], provenance["evaluation"]
     precision = "bf16 autocast" if config["amp"] else "fp32"
-    minutes = provenance.get("training_seconds", 0.0) / 60
+    seconds = provenance.get("training_seconds")
+    took = f"in {seconds / 60:.0f} min " if seconds else ""
     try:
         shown = weights.resolve().relative_to(REPO)
     except ValueError:
@@ -195,7 +197,7 @@ def describe_bundle(provenance: dict, weights: Path) -> str:
         f"preset `{provenance['preset']}`, {provenance['step']} steps of batch {config['batch_size']} "
         f"({config['sequence_frames']} frames, {config['crop']}x{config['crop']} crops, {precision}), "
         f"trained by `{provenance['recipe']}` at commit {provenance.get('training_commit', '?')} "
-        f"in {minutes:.0f} min on {provenance['machine'].split(';')[0]}. "
+        f"{took}on {provenance['machine'].split(';')[0]}. "
         f"On the held-out source videos of its synthetic corpus ({evaluation['clips']} clips, "
         f"{evaluation['frames']:.0f} frames): PSNR {evaluation['psnr']:.2f} dB against "
         f"{evaluation['input_psnr']:.2f} dB for the blurry input (**{evaluation['psnr_gain']:+.2f} dB**), "

@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     shown = " ".join(f"--set {k}={v}" for k, v in overrides.items())
     train_cmd = f"deblur train data --storage runs --name {RUN_NAME} --preset {PRESET} {shown}".strip()
     print(f"3/4 {train_cmd}", flush=True)
+    # A run with checkpoints in its directory resumes: it was trained (in part) by an earlier
+    # invocation, perhaps at another commit and for a time this one does not see.
+    resumed = any((runs / RUN_NAME).glob("checkpoint_*"))
     started = time.perf_counter()
     run = run_training(config, dataset=str(data), storage_path=str(runs), name=RUN_NAME)
     train_seconds = time.perf_counter() - started
@@ -153,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": overrides,
         "step": step,
         "train_config": config.to_dict(),
-        "training_commit": commit,
-        # Wall time only when this invocation trained the whole run (a resumed one's is unknown).
-        "training_seconds": round(train_seconds, 1) if int(run.metrics.get("start_step", 0)) == 0 else None,
+        "training_commit": None if resumed else commit,
+        "packaged_commit": commit,  # the commit that evaluated the model and wrote these files
+        "training_seconds": None if resumed else round(train_seconds, 1),
         "machine": describe_machine(),
         "torch_version": torch.__version__,
         "ray_version": ray.__version__,
@@ -186,8 +189,11 @@ def describe_bundle(provenance: dict, weights: Path) -> str:
     """The README's paragraph on the bundled model, from the provenance its recipe recorded."""
     config, evaluation = provenance["train_config"], provenance["evaluation"]
     precision = "bf16 autocast" if config["amp"] else "fp32"
-    seconds = provenance.get("training_seconds")
-    took = f"in {seconds / 60:.0f} min " if seconds else ""
+    seconds, commit = provenance.get("training_seconds"), provenance.get("training_commit")
+    if commit:
+        trained = f"at commit {commit}" + (f" in {seconds / 60:.0f} min" if seconds else "")
+    else:  # a resumed run: where and how long it trained is not recorded
+        trained = f"(a resumed run; evaluated and packaged at commit {provenance.get('packaged_commit', '?')})"
     try:
         shown = weights.resolve().relative_to(REPO)
     except ValueError:
@@ -196,8 +202,7 @@ def describe_bundle(provenance: dict, weights: Path) -> str:
         f"The bundled model (`{shown}`, the default of `deblur video`): STRCNN+DTB, m = 1, "
         f"preset `{provenance['preset']}`, {provenance['step']} steps of batch {config['batch_size']} "
         f"({config['sequence_frames']} frames, {config['crop']}x{config['crop']} crops, {precision}), "
-        f"trained by `{provenance['recipe']}` at commit {provenance.get('training_commit', '?')} "
-        f"{took}on {provenance['machine'].split(';')[0]}. "
+        f"trained by `{provenance['recipe']}` {trained} on {provenance['machine'].split(';')[0]}. "
         f"On the held-out source videos of its synthetic corpus ({evaluation['clips']} clips, "
         f"{evaluation['frames']:.0f} frames): PSNR {evaluation['psnr']:.2f} dB against "
         f"{evaluation['input_psnr']:.2f} dB for the blurry input (**{evaluation['psnr_gain']:+.2f} dB**), "

@@ -175,7 +175,9 @@ def test_bundled_model_is_the_default_and_says_where_it_came_from(
     provenance = bundled.provenance
     assert provenance["preset"] == "cpu-small"
     assert provenance["step"] == provenance["train_config"]["steps"] > 0  # a finished run, not a snapshot
-    assert re.fullmatch(r"[0-9a-f]{7,40}", provenance["training_commit"])
+    assert re.fullmatch(r"[0-9a-f]{7,40}", provenance["packaged_commit"])
+    # A run the recipe resumed does not know the commit that trained it, and says so.
+    assert provenance["training_commit"] is None or re.fullmatch(r"[0-9a-f]{7,40}", provenance["training_commit"])
     assert "--seed 0" in provenance["data"]["corpus"]
     assert provenance["evaluation"]["psnr"] > provenance["evaluation"]["input_psnr"]
     # The JSON beside the weights says the same, for people; the weights are a few MB.

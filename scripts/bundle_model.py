@@ -188,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
 def describe_bundle(provenance: dict, weights: Path) -> str:
     """The README's paragraph on the bundled model, from the provenance its recipe recorded."""
     config, evaluation = provenance["train_config"], provenance["evaluation"]
-    precision = "bf16 autocast" if config["amp"] else "fp32"
+    # amp means bf16 autocast on a CPU with AMX, fp16/bf16 on a GPU, and fp32 on other CPUs.
+    machine = provenance["machine"]
+    if not config["amp"] or ("AMX_BF16" not in machine and "no GPU" in machine):
+        precision = "fp32"
+    else:
+        precision = "bf16 autocast" if "no GPU" in machine else "mixed precision"
     seconds, commit = provenance.get("training_seconds"), provenance.get("training_commit")
     if commit:
         trained = f"at commit {commit}" + (f" in {seconds / 60:.0f} min" if seconds else "")
@@ -202,7 +207,7 @@ def describe_bundle(provenance: dict, weights: Path) -> str:
         f"The bundled model (`{shown}`, the default of `deblur video`): STRCNN+DTB, m = 1, "
         f"preset `{provenance['preset']}`, {provenance['step']} steps of batch {config['batch_size']} "
         f"({config['sequence_frames']} frames, {config['crop']}x{config['crop']} crops, {precision}), "
-        f"trained by `{provenance['recipe']}` {trained} on {provenance['machine'].split(';')[0]}. "
+        f"trained by `{provenance['recipe']}` {trained} on {machine.split(';')[0]}. "
         f"On the held-out source videos of its synthetic corpus ({evaluation['clips']} clips, "
         f"{evaluation['frames']:.0f} frames): PSNR {evaluation['psnr']:.2f} dB against "
         f"{evaluation['input_psnr']:.2f} dB for the blurry input (**{evaluation['psnr_gain']:+.2f} dB**), "

@@ -95,8 +95,9 @@ def prepare_model(model: DeblurNet, device: str | torch.device | None = "auto") 
 # channel ReLU keeps at zero) geometrically towards zero: a 2400-step model had 10% of its
 # weights below 1e-35. Such a weight changes no output (times any activation here it is far
 # below fp32's resolution of [0, 1]), but its products fall into the subnormal range, where
-# x86 CPUs take a microcode assist per operation: fp32 inference of that model ran 16x slower
-# (7.9 s against 0.48 s for 3 frames of 480x270) with a bit-identical output once they were zeroed.
+# x86 CPUs take a microcode assist per operation: fp32 inference of the same run's step-1800
+# checkpoint ran 16x slower (7.9 s against 0.48 s for 3 frames of 480x270, 2 threads) than
+# with them zeroed, which gave a bit-identical output.
 DEAD_WEIGHT = 1e-30
 
 

@@ -21,7 +21,7 @@ from deblur.data import (
     synthesize_dataset,
 )
 from deblur.synthesis import ClipParams, synthesize_clip
-from deblur.video import probe_video, read_frames
+from deblur.video import frame_to_rgb, probe_video, read_frames
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -64,12 +64,13 @@ def test_corpus_to_training_batches(s3_bucket: str) -> None:
         with storage.open_input(by_id[clip["video_id"]]["video"]) as source:
             expected = list(
                 synthesize_clip(
-                    itertools.islice(read_frames(source), clip["source_start"], None),
+                    itertools.islice(read_frames(source, rgb=False), clip["source_start"], None),
                     ClipParams(tau=clip["tau"], stride=clip["stride"]),
                     outputs=clip["pairs"],
                     linear_light=config.synthesis.linear_light,
                     gamma=config.synthesis.gamma,
                     scale=config.synthesis.scale,
+                    to_rgb=frame_to_rgb,
                 )
             )
         assert len(expected) == clip["pairs"]

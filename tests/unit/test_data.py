@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +24,7 @@ from deblur.data import (
     window_key,
 )
 from deblur.synthesis import ClipParams, synthesize_clip
-from deblur.video import read_frames
+from deblur.video import frame_to_rgb, read_frames
 from media import write_test_video
 
 # 130 frames at tau = T = 7 and one 16-pair clip: two 8-pair windows, each in its own shard.
@@ -124,8 +126,9 @@ def test_one_video_to_shards_and_record(tmp_path: Path) -> None:
     row = table.to_pylist()[0]
     blurry = np.frombuffer(row["blurry"], np.uint8).reshape(row["frames"], row["height"], row["width"], 3)
     sharp = np.frombuffer(row["sharp"], np.uint8).reshape(blurry.shape)
-    # The shard holds exactly Eq. 1 of the decoded source.
-    expected = list(synthesize_clip(read_frames(source), ClipParams(tau=7, stride=7), outputs=16))
+    # The shard holds exactly Eq. 1 of the decoded source, as synthesize_clip makes it of decoded frames.
+    decoded = read_frames(source, rgb=False)
+    expected = list(synthesize_clip(decoded, ClipParams(tau=7, stride=7), outputs=16, to_rgb=frame_to_rgb))
     np.testing.assert_array_equal(blurry, np.stack([b for b, _ in expected]))
     np.testing.assert_array_equal(sharp, np.stack([s for _, s in expected]))
     saved = json.loads((tmp_path / "out" / "records" / "clip.mp4.json").read_text())
@@ -259,3 +262,48 @@ def test_listings_skip_the_staging_files_of_an_interrupted_write(tmp_path: Path)
     assert storage.list_files(str(source)) == [str(source / "clip.mp4")]
     tasks, _ = plan_tasks(str(source), str(tmp_path / "out"), DataConfig.from_dict(TWO_SHARDS))
     assert [t["video_id"] for t in tasks] == ["clip.mp4"]
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv444p"])
+def test_decoded_yuv_frames_are_averaged_in_their_planes(tmp_path: Path, pix_fmt: str) -> None:
+    """Plain averaging of decoded YUV sums the planes and converts once per exposure: Eq. 1 of the
+    RGB frames up to rounding; sharp frames exactly; linear light still converts every frame."""
+    # Moving mid-tone texture: colours inside the RGB gamut, where only rounding tells the two apart
+    # (averaging clipped colours differs by design: the planes keep what clipping would cut).
+    source = tmp_path / "v.mp4"
+    y, x = np.mgrid[0:48, 0:64]
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=240)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        for i in range(48):
+            phase = (x + 2 * i) / 6.0
+            rgb = np.stack([np.sin(phase), np.cos(phase + y / 9.0), np.sin(y / 7.0 - i / 5.0)], axis=-1)
+            frame = av.VideoFrame.from_ndarray((128 + 60 * rgb).astype(np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    params = ClipParams(tau=9, stride=13)
+    conversions = 0
+
+    def counting_to_rgb(frame: Any) -> np.ndarray:
+        nonlocal conversions
+        conversions += 1
+        return frame_to_rgb(frame)
+
+    for linear_light in (False, True):
+        conversions = 0
+        reference = list(synthesize_clip(read_frames(source), params, linear_light=linear_light, scale=0.75))
+        pairs = list(
+            synthesize_clip(
+                read_frames(source, rgb=False), params, linear_light=linear_light, scale=0.75, to_rgb=counting_to_rgb
+            )
+        )
+        assert len(pairs) == len(reference) == 4
+        # Planes: one conversion for the mean, one for the sharp frame; linear light: tau.
+        assert conversions == len(pairs) * (params.tau if linear_light else 2)
+        for (blurry, sharp), (blurry_rgb, sharp_rgb) in zip(pairs, reference, strict=True):
+            np.testing.assert_array_equal(sharp, sharp_rgb)
+            if linear_light:
+                np.testing.assert_array_equal(blurry, blurry_rgb)
+            else:
+                difference = np.abs(blurry.astype(int) - blurry_rgb.astype(int))
+                assert difference.max() <= 2 and difference.mean() < 0.6, (difference.mean(), difference.max())

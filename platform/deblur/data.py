@@ -525,6 +525,9 @@ def synthesize_dataset(
                 process_video,
                 compute=ray.data.TaskPoolStrategy(size=workers),
                 num_cpus=cpus_per_task,
+                # A task that kills its worker (out of memory, a crash inside FFmpeg) is tried three
+                # times, then the job stops with the error; Ray Data's default retries it forever.
+                # Ray 2.60 warns that such remote args go in 2.64 but has no named replacement.
                 max_retries=2,
             ).take_all()
         finally:

@@ -252,7 +252,8 @@ def synthesize_clip(
         phase = position % params.stride
         if phase < params.tau:
             if accumulator is None:
-                planar = to_rgb is not None and not linear_light and frame.format.name in _PLANAR_8BIT
+                pixel_format = getattr(getattr(frame, "format", None), "name", None)
+                planar = to_rgb is not None and not linear_light and pixel_format in _PLANAR_8BIT
                 accumulator = _PlaneAccumulator(to_rgb) if planar else _Accumulator(linear_light, gamma)
             if isinstance(accumulator, _PlaneAccumulator):
                 accumulator.add(frame)

@@ -181,8 +181,8 @@ def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
     """A decoded frame as RGB uint8 (H, W, 3); swscale converts any pixel format (gray, alpha, 10-bit).
 
     One converter per thread, reused: ``frame.to_ndarray(format="rgb24")`` builds a new swscale
-    context for every frame, which cost more than the conversion itself (0.75 ms against about
-    0.15 ms a 640x360 frame on the 2-core Xeon of the README). One swscale thread: the callers
+    context for every frame, which cost more than the conversion itself (0.75 ms against 0.15-0.4 ms
+    a 640x360 frame on the 2-core Xeon of the README). One swscale thread: the callers
     already run one decoder per CPU they hold.
     """
     converter = getattr(_CONVERTERS, "rgb", None)

@@ -590,7 +590,8 @@ def measure_model(
     net = engine.model
     step = compiled_step(net) if compiled else net.step
     window = torch.rand(1, model.config.num_frames, 3, height, width).contiguous()
-    with torch.inference_mode():
+    # The engine's precision context: without it a bf16 engine's step runs in fp32.
+    with torch.inference_mode(), engine.autocast():
         state = net.init_state(1, height, width)
         # Warm-up: step 0 (which int8 runs in fp32: nothing to blend yet) and step 1 (which
         # compiles the int8 or torch.compile graph for this size); the steady state (n > 0) counts.

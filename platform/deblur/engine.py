@@ -190,6 +190,10 @@ class OnlineDeblurrer:
         self._emitted = 0
         self._finished = False
 
+    def autocast(self) -> torch.autocast:
+        """The precision context a step runs in: bf16/fp16 autocast, or a disabled one (fp32, int8)."""
+        return torch.autocast(self.device.type, dtype=self._dtype, enabled=self._autocast)
+
     @property
     def frames_received(self) -> int:
         return self._received
@@ -258,7 +262,7 @@ class OnlineDeblurrer:
         if self._state is None:
             _, _, _, hp, wp = window.shape
             self._state = self.model.init_state(1, hp, wp, device=self.device)
-        with torch.autocast(self.device.type, dtype=self._dtype, enabled=self._autocast):
+        with self.autocast():
             out, self._state = self._step(window, self._state)
         out = out.float()
         h, w = self._size  # type: ignore[misc]

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
-import pytest
+import warnings
 
-from deblur.bench import replace_marked_block
+import pytest
+import torch
+
+from deblur.bench import measure_model, replace_marked_block
+from deblur.model import DeblurNet
+from tiny import tiny_model
 
 
 def test_replace_marked_block_rewrites_only_between_its_markers(tmp_path):
@@ -23,3 +28,22 @@ def test_replace_marked_block_names_the_file_when_markers_are_missing(tmp_path):
     with pytest.raises(ValueError, match=r"README\.md.*a:end"):
         replace_marked_block(readme, "a", "x")
     assert readme.read_text() == "no markers here\n<!-- a:begin -->\n"
+
+
+@pytest.mark.parametrize(("precision", "autocast"), [("fp32", False), ("bf16", True)])
+def test_model_benchmark_steps_in_the_engines_precision(monkeypatch, precision, autocast):
+    # The bf16 figure once timed fp32 steps: the benchmark called the step outside autocast.
+    seen = []
+    step = DeblurNet.step
+
+    def recording_step(self, window, state):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return step(self, window, state)
+
+    monkeypatch.setattr(DeblurNet, "step", recording_step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bf16 on a CPU without AMX warns that it is slow
+        result = measure_model(tiny_model(), width=16, height=16, frames=1, precision=precision)
+    # Two warm-up steps and the one timed (count_macs_per_pixel's own steps follow, untimed).
+    assert seen[:3] == [autocast] * 3
+    assert result["fps"] > 0

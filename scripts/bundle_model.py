@@ -190,7 +190,9 @@ def describe_bundle(provenance: dict, weights: Path) -> str:
     config, evaluation = provenance["train_config"], provenance["evaluation"]
     # amp means bf16 autocast on a CPU with AMX, fp16/bf16 on a GPU, and fp32 on other CPUs.
     machine = provenance["machine"]
-    if not config["amp"] or ("AMX_BF16" not in machine and "no GPU" in machine):
+    # (describe_machine writes "AMX_BF16" for a CPU with the tiles and "no AMX_BF16" for one without.)
+    amx = "AMX_BF16" in machine and "no AMX_BF16" not in machine
+    if not config["amp"] or (not amx and "no GPU" in machine):
         precision = "fp32"
     else:
         precision = "bf16 autocast" if "no GPU" in machine else "mixed precision"

@@ -224,6 +224,10 @@ class _PlaneAccumulator:
         return self.to_rgb(mean)
 
 
+def _unchanged(frame: Any) -> Any:
+    return frame
+
+
 def synthesize_clip(
     frames: Iterable[Any],
     params: ClipParams,
@@ -255,16 +259,13 @@ def synthesize_clip(
                 pixel_format = getattr(getattr(frame, "format", None), "name", None)
                 planar = to_rgb is not None and not linear_light and pixel_format in _PLANAR_8BIT
                 accumulator = _PlaneAccumulator(to_rgb) if planar else _Accumulator(linear_light, gamma)
-            if isinstance(accumulator, _PlaneAccumulator):
-                accumulator.add(frame)
-                if phase == params.sharp_offset:
-                    sharp = accumulator.to_rgb(frame)
-            else:
-                if to_rgb is not None:
-                    frame = to_rgb(frame)
-                accumulator.add(frame)
-                if phase == params.sharp_offset:
-                    sharp = frame
+                # What the accumulator takes, and how the sharp frame becomes an RGB array.
+                to_summed = to_rgb if to_rgb is not None and not planar else _unchanged
+                to_sharp = to_rgb if planar else _unchanged
+            frame = to_summed(frame)
+            accumulator.add(frame)
+            if phase == params.sharp_offset:
+                sharp = to_sharp(frame)
             if phase == params.tau - 1:
                 assert sharp is not None
                 yield resize_frame(accumulator.take(), scale), resize_frame(sharp, scale)

@@ -9,6 +9,7 @@ deblur bench perf     all of it against the device's limit (roofline), as a tabl
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import statistics
@@ -608,6 +609,86 @@ def measure_model(
     return {"fps": 1 / seconds, "gflops": gflop / seconds, "gflop_per_frame": gflop, "seconds": seconds}
 
 
+def measure_conv_ceiling(
+    model: Any, *, width: int, height: int, batch: int = 1, training: bool = False, min_time: float = 0.2
+) -> dict[str, Any]:
+    """The model's convolutions timed one by one at the shapes of one step: the ceiling of a step.
+
+    Every conv and transposed conv of a steady-state step runs by itself on a tensor of its input's
+    shape and memory layout, best of a few runs as the roofline is; element-wise work (ReLU, adds,
+    concatenation, the blending's tanh and lerp) is left out. All the step's FLOPs over the summed
+    times is what the step would reach if it did nothing but these kernels back to back, so the
+    model's ratio to the roofline cannot exceed this one's. ``training``: each layer's forward and
+    backward (the gradients training takes: weights, bias, and the input where it needs one),
+    counted as 3x the forward FLOPs as the training figure is; modules as ``train`` runs them
+    (channels-last), at ``batch`` sequences of ``height`` x ``width`` crops.
+    """
+    import torch
+    from torch import nn
+
+    from deblur.engine import OnlineDeblurrer, zero_dead_weights
+    from deblur.model import conv_macs
+
+    if training:
+        # Zeroed dead weights, as training keeps them (``optimize_step``): subnormals slow x86 16x.
+        net = zero_dead_weights(copy.deepcopy(model)).train().to(memory_format=torch.channels_last)
+    else:
+        net = OnlineDeblurrer(model, device="cpu").model
+    names = {module: name for name, module in net.named_modules()}
+    calls: list[tuple[str, Any, Any, bool, bool, int]] = []
+
+    def record(module: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        x = inputs[0]
+        layout = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        calls.append((names[module], module, x.shape, layout, x.requires_grad, conv_macs(module, x, output)))
+
+    window = torch.rand(batch, model.config.num_frames, 3, height, width)
+    convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    with torch.inference_mode(not training):
+        state = net.init_state(batch, height, width)
+        _, state = net.step(window, state)  # step 0 has no h~ to blend: the steady state counts
+        state = type(state)(*(t.detach() if t is not None else None for t in state))
+        handles = [m.register_forward_hook(record) for m in convs]
+        try:
+            net.step(window, state)
+        finally:
+            for handle in handles:
+                handle.remove()
+    layers = []
+    for name, module, shape, channels_last, needs_grad, macs in calls:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        x = torch.rand(shape).contiguous(memory_format=fmt)
+        if training:
+            x.requires_grad_(needs_grad)
+            wrt = [x, *module.parameters()] if needs_grad else list(module.parameters())
+            grad = torch.rand_like(module(x))
+
+            def run(module: Any = module, x: Any = x, wrt: list[Any] = wrt, grad: Any = grad) -> None:
+                torch.autograd.grad(module(x), wrt, grad)
+
+            rate = _best_rate(run, 3 * 2 * macs, repeats=5, min_time=min_time)
+        else:
+            with torch.inference_mode():
+                rate = _best_rate(lambda module=module, x=x: module(x), 2 * macs, repeats=5, min_time=min_time)
+        layers.append({"layer": name, "gflop": (3 if training else 1) * 2 * macs / 1e9, "gflops": rate})
+    seconds = sum(layer["gflop"] / layer["gflops"] for layer in layers)
+    return {"gflops": sum(layer["gflop"] for layer in layers) / seconds, "layers": layers}
+
+
+def _describe_ceiling(ceiling: dict[str, Any], roofline: float) -> str:
+    """The ceiling's ratio, and the layers that run below 80% of the roofline with their share."""
+    seconds = sum(layer["gflop"] / layer["gflops"] for layer in ceiling["layers"])
+    slow = [layer for layer in ceiling["layers"] if layer["gflops"] < 0.8 * roofline]
+    slow.sort(key=lambda layer: layer["gflops"])
+    parts = [
+        f"{layer['layer']} {layer['gflops']:.0f} GFLOP/s ({layer['gflop'] / layer['gflops'] / seconds:.0%} of the time)"
+        for layer in slow
+    ]
+    return f"{ceiling['gflops']:.0f} GFLOP/s, {ceiling['gflops'] / roofline:.0%} of the roofline" + (
+        f"; below 80% of it: {', '.join(parts)}" if parts else ""
+    )
+
+
 def _peak_rss_of(code: str) -> float:
     """Peak resident memory (MiB) of a fresh Python process running ``code``."""
     import json
@@ -689,6 +770,22 @@ def run_perf_benchmark(
             f"({fig['gflop_per_frame']:.0f} GFLOP/frame), {ratio:.0%} of the roofline"
         )
         rows.append((f"model alone fp32 {width}x{height}", f"{fig['fps']:.2f} fps, {ratio:.0%} of roofline", ">= 90%"))
+
+    # What the model's own kernels allow: the gap between this and the ratio above is the step's
+    # element-wise work; the gap between this and 100% is convolutions oneDNN runs below its best.
+    ceiling = measure_conv_ceiling(model, width=640, height=480)
+    results["conv_ceiling_640x480"] = ceiling
+    echo(
+        "conv layers alone, 640x480, each timed by itself (the ceiling of a step): "
+        + _describe_ceiling(ceiling, roofline)
+    )
+    rows.append(
+        (
+            "conv layers alone 640x480, each by itself (ceiling of a step)",
+            f"{ceiling['gflops'] / roofline:.0%} of roofline",
+            "",
+        )
+    )
 
     def fp32_beside() -> float:
         # These shared VMs drift by 20-30% within minutes (one run here timed fp32 at 0.86 fps and,
@@ -779,6 +876,25 @@ def run_perf_benchmark(
     rows.append(("100 frames 1280x720 (Table 2)", f"{100 * hd['seconds']:.0f} s", "paper: 12.6 s on GPU"))
 
     if not quick:
+        from deblur.train import load_train_config
+
+        # The same for training, at the 1-worker run's shapes: the ceiling of its fp32 figure.
+        small = load_train_config("cpu-small")
+        ceiling = measure_conv_ceiling(
+            model, width=small.crop, height=small.crop, batch=small.per_worker_batch, training=True
+        )
+        results["conv_ceiling_training"] = ceiling
+        echo(
+            f"conv layers alone, forward+backward, batch {small.per_worker_batch} of {small.crop}x{small.crop} "
+            f"(the ceiling of fp32 training): {_describe_ceiling(ceiling, roofline)}"
+        )
+        rows.append(
+            (
+                "conv layers alone, forward+backward at the training shape (ceiling of fp32 training)",
+                f"{ceiling['gflops'] / roofline:.0%} of roofline",
+                "",
+            )
+        )
         train = run_train_benchmark(cache=str(directory / "train"), echo=echo)
         for fig in train.values():
             if fig["precision"] == "fp32":

@@ -38,6 +38,8 @@ __all__ = [
     "RecurrentState",
     "TemporalBlending",
     "build_model",
+    "conv_macs",
+    "count_macs_per_pixel",
     "summarize_model",
 ]
 
@@ -316,6 +318,15 @@ class ModelSummary:
         )
 
 
+def conv_macs(module: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, output: Tensor) -> int:
+    """Multiply-adds of one call of ``module`` on input ``x`` giving ``output``."""
+    kernel = module.kernel_size[0] * module.kernel_size[1]
+    if isinstance(module, nn.ConvTranspose2d):
+        # each input element scatters into out_channels * k*k outputs
+        return x.numel() * module.out_channels * kernel // module.groups
+    return output.numel() * (module.in_channels // module.groups) * kernel
+
+
 def count_macs_per_pixel(model: DeblurNet, *, height: int = 64, width: int = 64) -> float:
     """Multiply-adds of every conv and transposed conv for one step, per output pixel.
 
@@ -328,12 +339,7 @@ def count_macs_per_pixel(model: DeblurNet, *, height: int = 64, width: int = 64)
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         nonlocal total
         assert isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))
-        kernel = module.kernel_size[0] * module.kernel_size[1]
-        if isinstance(module, nn.ConvTranspose2d):
-            # each input element scatters into out_channels * k*k outputs
-            total += inputs[0].numel() * module.out_channels * kernel // module.groups
-        else:
-            total += output.numel() * (module.in_channels // module.groups) * kernel
+        total += conv_macs(module, inputs[0], output)
 
     handles = [
         mod.register_forward_hook(hook) for mod in model.modules() if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d))

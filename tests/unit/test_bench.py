@@ -5,8 +5,8 @@ import warnings
 import pytest
 import torch
 
-from deblur.bench import measure_model, replace_marked_block
-from deblur.model import DeblurNet
+from deblur.bench import measure_conv_ceiling, measure_model, replace_marked_block
+from deblur.model import DeblurNet, count_macs_per_pixel
 from tiny import tiny_model
 
 
@@ -47,3 +47,17 @@ def test_model_benchmark_steps_in_the_engines_precision(monkeypatch, precision, 
     # Two warm-up steps and the one timed (count_macs_per_pixel's own steps follow, untimed).
     assert seen[:3] == [autocast] * 3
     assert result["fps"] > 0
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_conv_ceiling_times_every_conv_of_a_step_once_at_its_cost(training):
+    model = tiny_model()
+    ceiling = measure_conv_ceiling(model, width=16, height=8, batch=2, training=training, min_time=0.0)
+    convs = [name for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    # A steady-state step calls every conv once, the blending conv included (step 0 skips it).
+    assert sorted(layer["layer"] for layer in ceiling["layers"]) == sorted(convs)
+    flops = 2 * count_macs_per_pixel(model) * 2 * 16 * 8 * (3 if training else 1) / 1e9
+    assert sum(layer["gflop"] for layer in ceiling["layers"]) == pytest.approx(flops)
+    assert all(layer["gflops"] > 0 for layer in ceiling["layers"])
+    slowest = min(layer["gflops"] for layer in ceiling["layers"])
+    assert slowest <= ceiling["gflops"] <= max(layer["gflops"] for layer in ceiling["layers"])

@@ -615,7 +615,7 @@ def measure_conv_ceiling(
     """The model's convolutions timed one by one at the shapes of one step: the ceiling of a step.
 
     Every conv and transposed conv of a steady-state step runs by itself on a tensor of its input's
-    shape and memory layout, best of a few runs as the roofline is; element-wise work (ReLU, adds,
+    shape and memory layout, best of 5 rounds as the roofline is; element-wise work (ReLU, adds,
     concatenation, the blending's tanh and lerp) is left out. All the step's FLOPs over the summed
     times is what the step would reach if it did nothing but these kernels back to back, so the
     model's ratio to the roofline cannot exceed this one's. ``training``: each layer's forward and
@@ -654,7 +654,7 @@ def measure_conv_ceiling(
         finally:
             for handle in handles:
                 handle.remove()
-    layers = []
+    timed: list[tuple[str, Callable[[], None], float]] = []  # (layer, one call, its FLOPs)
     for name, module, shape, channels_last, needs_grad, macs in calls:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         x = torch.rand(shape).contiguous(memory_format=fmt)
@@ -666,11 +666,24 @@ def measure_conv_ceiling(
             def run(module: Any = module, x: Any = x, wrt: list[Any] = wrt, grad: Any = grad) -> None:
                 torch.autograd.grad(module(x), wrt, grad)
 
-            rate = _best_rate(run, 3 * 2 * macs, repeats=5, min_time=min_time)
+            timed.append((name, run, 3 * 2 * macs))
         else:
-            with torch.inference_mode():
-                rate = _best_rate(lambda module=module, x=x: module(x), 2 * macs, repeats=5, min_time=min_time)
-        layers.append({"layer": name, "gflop": (3 if training else 1) * 2 * macs / 1e9, "gflops": rate})
+
+            def infer(module: Any = module, x: Any = x) -> None:
+                with torch.inference_mode():
+                    module(x)
+
+            timed.append((name, infer, 2 * macs))
+    # Rounds over all the layers, not each layer's repeats in a row: this VM's speed drifts over
+    # seconds, and a slow spell then costs a layer one of its samples, not all of them.
+    best = [0.0] * len(timed)
+    for _ in range(5):
+        for index, (_, run_once, flops) in enumerate(timed):
+            best[index] = max(best[index], _best_rate(run_once, flops, repeats=1, min_time=min_time))
+    layers = [
+        {"layer": name, "gflop": flops / 1e9, "gflops": rate}
+        for (name, _, flops), rate in zip(timed, best, strict=True)
+    ]
     seconds = sum(layer["gflop"] / layer["gflops"] for layer in layers)
     return {"gflops": sum(layer["gflop"] for layer in layers) / seconds, "layers": layers}
 

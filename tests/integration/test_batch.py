@@ -117,10 +117,17 @@ def test_archive_round_trip_bad_input_and_rerun(s3_bucket: str, tmp_path: Path) 
         for fact in ("frames", "times", "fps", "size", "audio", "audio_packets"):
             assert got[fact] == want[fact], (key, fact)
         assert by_key[key]["frames"] == want["frames"]
-        # The same frames as `deblur video` on the same file.
+        # The same frames as `deblur video` on the same file, with the actors' one torch thread
+        # (half a CPU each): fp32 on 1 and on 2 threads need not agree to the last bit (a CI run
+        # with the reference on 2 threads had one value of 43,200 at 112 against 113).
         reference = tmp_path / f"ref{Path(key).suffix}"
         args = [str(source), "-o", str(reference), "--checkpoint", str(local_checkpoint), "--lossless", "-q"]
-        assert main(["video", *args, "--device", "cpu"]) == 0
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            assert main(["video", *args, "--device", "cpu"]) == 0
+        finally:
+            torch.set_num_threads(threads)
         np.testing.assert_array_equal(decoded(out), decoded(reference))
 
     # A rerun finds everything done (bad input is not worth retrying) and writes nothing: not an

@@ -685,12 +685,12 @@ def measure_conv_ceiling(
         for (name, _, flops), rate in zip(timed, best, strict=True)
     ]
     seconds = sum(layer["gflop"] / layer["gflops"] for layer in layers)
-    return {"gflops": sum(layer["gflop"] for layer in layers) / seconds, "layers": layers}
+    return {"gflops": sum(layer["gflop"] for layer in layers) / seconds, "seconds": seconds, "layers": layers}
 
 
 def _describe_ceiling(ceiling: dict[str, Any], roofline: float) -> str:
     """The ceiling's ratio, and the layers that run below 80% of the roofline with their share."""
-    seconds = sum(layer["gflop"] / layer["gflops"] for layer in ceiling["layers"])
+    seconds = ceiling["seconds"]
     slow = [layer for layer in ceiling["layers"] if layer["gflops"] < 0.8 * roofline]
     slow.sort(key=lambda layer: layer["gflops"])
     parts = [
@@ -786,18 +786,16 @@ def run_perf_benchmark(
 
     # What the model's own kernels allow: the gap between this and the ratio above is the step's
     # element-wise work; the gap between this and 100% is convolutions oneDNN runs below its best.
-    ceiling = measure_conv_ceiling(model, width=640, height=480)
-    results["conv_ceiling_640x480"] = ceiling
-    echo(
-        "conv layers alone, 640x480, each timed by itself (the ceiling of a step): "
-        + _describe_ceiling(ceiling, roofline)
-    )
-    rows.append(
-        (
-            "conv layers alone 640x480, each by itself (ceiling of a step)",
-            f"{ceiling['gflops'] / roofline:.0%} of roofline",
-            "",
-        )
+    def report_ceiling(key: str, what: str, row: str, ceiling: dict[str, Any]) -> None:
+        results[key] = ceiling
+        echo(f"conv layers alone, {what}: {_describe_ceiling(ceiling, roofline)}")
+        rows.append((row, f"{ceiling['gflops'] / roofline:.0%} of roofline", ""))
+
+    report_ceiling(
+        "conv_ceiling_640x480",
+        "640x480, each timed by itself (the ceiling of a step)",
+        "conv layers alone 640x480, each by itself (ceiling of a step)",
+        measure_conv_ceiling(model, width=640, height=480),
     )
 
     def fp32_around(measure: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], float, str]:
@@ -901,20 +899,14 @@ def run_perf_benchmark(
 
         # The same for training, at the 1-worker run's shapes: the ceiling of its fp32 figure.
         small = load_train_config("cpu-small")
-        ceiling = measure_conv_ceiling(
-            model, width=small.crop, height=small.crop, batch=small.per_worker_batch, training=True
-        )
-        results["conv_ceiling_training"] = ceiling
-        echo(
-            f"conv layers alone, forward+backward, batch {small.per_worker_batch} of {small.crop}x{small.crop} "
-            f"(the ceiling of fp32 training): {_describe_ceiling(ceiling, roofline)}"
-        )
-        rows.append(
-            (
-                "conv layers alone, forward+backward at the training shape (ceiling of fp32 training)",
-                f"{ceiling['gflops'] / roofline:.0%} of roofline",
-                "",
-            )
+        report_ceiling(
+            "conv_ceiling_training",
+            f"forward+backward, batch {small.per_worker_batch} of {small.crop}x{small.crop} "
+            "(the ceiling of fp32 training)",
+            "conv layers alone, forward+backward at the training shape (ceiling of fp32 training)",
+            measure_conv_ceiling(
+                model, width=small.crop, height=small.crop, batch=small.per_worker_batch, training=True
+            ),
         )
         train = run_train_benchmark(cache=str(directory / "train"), echo=echo)
         for fig in train.values():

@@ -20,7 +20,7 @@ from deblur.cli import main
 from deblur.model import DeblurNet
 from deblur.video import read_frames
 from media import stream_facts, write_test_video
-from tiny import tiny_model
+from tiny import tiny_model, torch_threads
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -122,12 +122,8 @@ def test_archive_round_trip_bad_input_and_rerun(s3_bucket: str, tmp_path: Path) 
         # with the reference on 2 threads had one value of 43,200 at 112 against 113).
         reference = tmp_path / f"ref{Path(key).suffix}"
         args = [str(source), "-o", str(reference), "--checkpoint", str(local_checkpoint), "--lossless", "-q"]
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             assert main(["video", *args, "--device", "cpu"]) == 0
-        finally:
-            torch.set_num_threads(threads)
         np.testing.assert_array_equal(decoded(out), decoded(reference))
 
     # A rerun finds everything done (bad input is not worth retrying) and writes nothing: not an

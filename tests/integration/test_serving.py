@@ -27,6 +27,7 @@ from deblur.client import DeblurClient, EndpointError
 from deblur.engine import deblur_frames
 from deblur.video import read_frames
 from media import pattern_frame, stream_facts, write_test_video
+from tiny import torch_threads
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -80,14 +81,8 @@ def int8_endpoint(serve_endpoint: dict) -> str:
 
 
 def offline_int8(checkpoint: Path, frames: list[np.ndarray]) -> list[np.ndarray]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a session actor with under one CPU
-    try:
+    with torch_threads(1):  # as in a session actor with under one CPU
         return list(deblur_frames(load_model(checkpoint), frames, device="cpu", precision="int8"))
-    finally:
-        torch.set_num_threads(threads)
 
 
 def offline(checkpoint: Path, frames: list[np.ndarray]) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ from deblur import storage
 from deblur.checkpoint import save_checkpoint
 from deblur.cli import main
 from deblur.video import probe_video
-from tiny import tiny_model
+from tiny import tiny_model, torch_threads
 
 BY_NAME = {case.name: case for case in CASES}
 # Synthesis at tau = T = 3 with clips and training windows of 4 pairs: 12 source frames make one window.
@@ -41,10 +41,8 @@ SYNTH_MIN_FRAMES, SYNTH_PAIRS = 12, 4
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
     # The model here is tiny: one thread is fastest, and leaves the other core alone.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

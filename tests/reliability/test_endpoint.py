@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from websockets.sync.client import connect
 
 from deblur import storage
@@ -25,6 +24,7 @@ from deblur.client import DeblurClient, EndpointError
 from deblur.engine import deblur_frames
 from faults import kill, own_ray_processes, wait_gone
 from media import pattern_frame, write_test_video
+from tiny import torch_threads
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -36,10 +36,8 @@ UPLOAD_TIMEOUT_S = 2.0
 
 @pytest.fixture(autouse=True)
 def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,15 +25,41 @@ from media import write_test_video
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 
 
-@pytest.fixture
-def dataset(s3_bucket: str, tmp_path: Path) -> str:
+@pytest.fixture(scope="module")
+def bucket(local_s3: object) -> str:
+    """The module's own bucket: its dataset and its finished run are made once and shared."""
+    uri = f"s3://train-{uuid.uuid4().hex[:12]}"
+    storage.ensure_bucket(uri)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def dataset(bucket: str, tmp_path_factory: pytest.TempPathFactory, ray_session: None) -> str:
+    """Synthesized once per module (about 15 s here); no test may change it."""
+    videos = tmp_path_factory.mktemp("videos")
     for i in range(4):
-        path = write_test_video(tmp_path / f"v{i}.mp4", width=48, height=40, frames=160, fps=240, audio=False)
-        storage.upload_file(path, f"{s3_bucket}/raw/v{i}.mp4")
+        path = write_test_video(videos / f"v{i}.mp4", width=48, height=40, frames=160, fps=240, audio=False)
+        storage.upload_file(path, f"{bucket}/raw/v{i}.mp4")
     config = DataConfig.from_dict({"scale": 1.0, "clip_frames": 8, "window_frames": 8, "min_window_frames": 5})
-    run = synthesize_dataset(f"{s3_bucket}/raw", f"{s3_bucket}/data", config=config, cpus_per_task=0.5)
+    run = synthesize_dataset(f"{bucket}/raw", f"{bucket}/data", config=config, cpus_per_task=0.5)
     assert run.usable == 4
-    return f"{s3_bucket}/data"
+    return f"{bucket}/data"
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    config: TrainConfig
+    runs: str  # the storage path it was run under
+    run: TrainingRun
+
+
+@pytest.fixture(scope="module")
+def finished_run(dataset: str, bucket: str) -> FinishedRun:
+    """A 2-worker DDP run to its end, once per module: its checks, and a later run of another model
+    under its name, both start from it (each Ray Train run costs some 30 s of start-up here)."""
+    config = _tiny(num_workers=2, batch_size=2, steps=6, checkpoint_every=3, eval_every=6)
+    runs = f"{bucket}/runs"
+    return FinishedRun(config, runs, run_training(config, dataset=dataset, storage_path=runs, name="ddp"))
 
 
 @pytest.fixture(autouse=True)
@@ -52,21 +80,20 @@ def _tiny(**overrides: object) -> TrainConfig:
     return load_train_config("tiny", {"cpus_per_worker": 0.5, "eval_clips": 1, **overrides})
 
 
-def test_two_worker_ddp_run_completes_and_checkpoints(dataset: str, s3_bucket: str) -> None:
-    config = _tiny(num_workers=2, batch_size=2, steps=6, checkpoint_every=3, eval_every=6)
-    run = run_training(config, dataset=dataset, storage_path=f"{s3_bucket}/runs", name="ddp")
+def test_two_worker_ddp_run_completes_and_checkpoints(finished_run: FinishedRun, dataset: str) -> None:
+    config, runs, run = finished_run.config, finished_run.runs, finished_run.run
     assert run.metrics["step"] == 6
     assert run.metrics["val_psnr"] > 0
     # Speed over every log window after the first (what `deblur bench train` prints).
     assert run.metrics["mean_samples_per_s"] > 0 and 0 <= run.metrics["mean_data_wait"] < 1
-    assert run.checkpoint is not None and run.checkpoint.startswith(f"{s3_bucket}/runs/ddp/")
+    assert run.checkpoint is not None and run.checkpoint.startswith(f"{runs}/ddp/")
     model = load_checkpoint(run.model).model
     assert load_checkpoint(run.model).provenance["step"] == 6
     assert sum(p.numel() for p in model.parameters()) > 0
     tensorboard = storage.list_files(storage.join_uri(run.checkpoint, "tensorboard"))
     assert tensorboard and "tfevents" in tensorboard[0]
     # Running the same name again resumes at the end: nothing left to do, no new checkpoint.
-    again = run_training(config, dataset=dataset, storage_path=f"{s3_bucket}/runs", name="ddp")
+    again = run_training(config, dataset=dataset, storage_path=runs, name="ddp")
     assert again.metrics["step"] == 6 and again.checkpoint == run.checkpoint
 
 
@@ -158,13 +185,11 @@ def test_tune_runs_trials_as_train_runs_stops_poor_ones_early_and_tabulates(data
 
 
 def test_failures_end_the_run_with_one_clear_line(
-    dataset: str, s3_bucket: str, capsys: pytest.CaptureFixture[str]
+    finished_run: FinishedRun, dataset: str, s3_bucket: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    runs = f"{s3_bucket}/runs"
-
-    def train(name: str, *settings: str) -> tuple[int, list[str]]:
+    def train(name: str, *settings: str, data: str = dataset, runs: str = f"{s3_bucket}/runs") -> tuple[int, list[str]]:
         capsys.readouterr()
-        args = ["train", dataset, "--storage", runs, "--name", name, "--preset", "tiny"]
+        args = ["train", data, "--storage", runs, "--name", name, "--preset", "tiny"]
         for setting in ("cpus_per_worker=0.5", "eval_clips=1", *settings):
             args += ["--set", setting]
         code = main(args)
@@ -172,12 +197,11 @@ def test_failures_end_the_run_with_one_clear_line(
         assert not any("Traceback" in line for line in err), err
         return code, err
 
-    # The same run name asked to go on with another model: stopped at once ("stopped": the
+    # The finished run's name asked to go on with another model: stopped at once ("stopped": the
     # workers ended the run themselves, it was not failed and retried max_failures times).
-    assert train("mixed", "steps=3")[0] == 0
-    code, err = train("mixed", "steps=6", "variant=cnn")
-    assert code == 1 and err[-1].startswith("deblur: error: run mixed stopped: "), err
-    assert f"{runs}/mixed/checkpoint_" in err[-1]  # the checkpoint by its URI
+    code, err = train("ddp", "steps=9", "variant=cnn", runs=finished_run.runs)
+    assert code == 1 and err[-1].startswith("deblur: error: run ddp stopped: "), err
+    assert f"{finished_run.runs}/ddp/checkpoint_" in err[-1]  # the checkpoint by its URI
     assert "checkpoint is strcnn_dtb m=1" in err[-1] and "the run trains cnn" in err[-1]
 
     # Adam moves every weight by about lr: with lr = 1e30 the next forward pass overflows. Two DDP
@@ -190,16 +214,22 @@ def test_failures_end_the_run_with_one_clear_line(
         err[-1],
     ), err[-1]
     assert err[-1].endswith("; the latest checkpoint is left as it was") and err[-1].count("left as it was") == 1
-    checkpoints = storage.list_files(f"{runs}/diverged", patterns=("model.safetensors",))
+    checkpoints = storage.list_files(f"{s3_bucket}/runs/diverged", patterns=("model.safetensors",))
     assert checkpoints  # step 1 was still finite and saved; nothing after it
     for uri in checkpoints:
         model = load_checkpoint(_download(uri, "model.safetensors")).model
         assert all(torch.isfinite(p).all() for p in model.parameters()), uri
 
     # Any other error in a worker: Ray Train retries it max_failures times, then the worker's own
-    # message, on one line. Here the evaluation clips are gone when the first validation reads them.
-    for uri in storage.list_files(f"{dataset}/eval"):
-        storage.delete(uri)
-    code, err = train("broken", "eval_every=1", "max_failures=0")
+    # message, on one line. Here a copy of the dataset has lost its evaluation clips, which the
+    # first validation reads (its manifest names them by their URIs: rewritten to the copy's).
+    broken = f"{s3_bucket}/broken-data"
+    for uri in storage.list_files(dataset):
+        if not uri.startswith(f"{dataset}/eval/"):
+            data = storage.read_bytes(uri)
+            if uri.endswith(".json"):
+                data = data.replace(dataset.encode(), broken.encode())
+            storage.write_bytes(broken + uri[len(dataset) :], data)
+    code, err = train("broken", "eval_every=1", "max_failures=0", data=broken)
     assert code == 1 and err[-1].startswith("deblur: error: run broken failed: worker 0: "), err
-    assert f"{dataset}/eval/" in err[-1]
+    assert f"{broken}/eval/" in err[-1]

@@ -442,12 +442,16 @@ def test_s3_jobs_are_held_to_the_upload_limits(int8_endpoint: str, serve_endpoin
         "wide.mp4": "400x300 exceeds the limit 320x240",
     }
     with DeblurClient(int8_endpoint) as client:
+        # All at once, as an archive's videos would come (and each job's start-up is seconds here).
+        jobs = {
+            name: client.submit_job(f"{bucket}/jobs/limits-in/{name}", f"{bucket}/jobs/limits-out/{name}")
+            for name in inputs
+        }
         for name, words in expected_errors.items():
+            state = client.wait_job(jobs[name], timeout=120)
             source = f"{bucket}/jobs/limits-in/{name}"
-            state = client.wait_job(client.submit_job(source, f"{bucket}/jobs/limits-out/{name}"), timeout=120)
             assert state["status"] == "failed" and state["error"].startswith(source) and words in state["error"], state
-        source = f"{bucket}/jobs/limits-in/ok.mp4"
-        state = client.wait_job(client.submit_job(source, f"{bucket}/jobs/limits-out/ok.mp4"), timeout=120)
+        state = client.wait_job(jobs["ok.mp4"], timeout=120)
         assert state["status"] == "ok" and state["record"]["frames"] == 8 and state["record"]["precision"] == "int8"
         # Over the upload size: refused at once.
         storage.write_bytes(f"{bucket}/jobs/limits-in/big.mp4", b"\0" * (3 << 20))

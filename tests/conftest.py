@@ -78,17 +78,26 @@ def ray_session(local_s3: LocalS3Server) -> Iterator[None]:
         ray.shutdown()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that use the endpoint run last, in their order: the session's one endpoint is
+    then started once, and its replicas hold no CPU while the training and batch tests run."""
+    items.sort(key=lambda item: "serve_endpoint" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def test_api_key() -> tuple[str, str]:
     """(name of the env var, key) that Ray workers of this session see."""
     return TEST_API_KEY_ENV, TEST_API_KEY
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def serve_endpoint(
     tmp_path_factory: pytest.TempPathFactory, local_s3: object, test_api_key: tuple[str, str]
 ) -> Iterator[dict]:
     """The endpoint on the session's Ray, twice: open at /, with an API key at /keyed.
+
+    Once per session (starting it costs some 17 s here), for the tests that
+    ``pytest_collection_modifyitems`` puts last; an app a module adds beside it, the module deletes.
 
     A tiny model, small limits (2 MB uploads, 320x240 frames) and a short session timeout, so that
     every limit can be tested with small inputs; jobs may use s3://serve-allowed/jobs only.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,7 @@ def test_a_bad_upload_shows_the_servers_message(serve_endpoint: dict, tmp_path: 
 
 
 @pytest.fixture(scope="module")
-def prefixed_endpoint(serve_endpoint: dict, test_api_key: tuple[str, str]) -> str:
+def prefixed_endpoint(serve_endpoint: dict, test_api_key: tuple[str, str]) -> Iterator[str]:
     """The app under a route prefix, with an API key and limits that let the sample (480x270) through.
     The page must call the API beside itself: an absolute /v1/... would reach the app at /, whose
     320x240 limit refuses the sample."""
@@ -98,7 +99,10 @@ def prefixed_endpoint(serve_endpoint: dict, test_api_key: tuple[str, str]) -> st
         "api_key_env": test_api_key[0],
     }
     serve.run(build_app(config), name="prefixed", route_prefix="/viewer")
-    return f"{serve_endpoint['url']}/viewer"
+    try:
+        yield f"{serve_endpoint['url']}/viewer"
+    finally:
+        serve.delete("prefixed")  # the session's endpoint goes on; this app's replicas must not
 
 
 @pytest.mark.parametrize("trailing_slash", [False, True])

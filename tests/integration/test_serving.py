@@ -8,7 +8,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -57,7 +57,7 @@ def named_sessions(app: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def int8_endpoint(serve_endpoint: dict) -> str:
+def int8_endpoint(serve_endpoint: dict) -> Iterator[str]:
     """A third app: int8 sessions, one session at a time, videos of at most 10 frames, short-lived jobs."""
     from ray import serve
 
@@ -77,7 +77,10 @@ def int8_endpoint(serve_endpoint: dict) -> str:
         "job_ttl_s": 30.0,
     }
     serve.run(build_app(config), name="int8", route_prefix="/int8")
-    return f"{serve_endpoint['url']}/int8"
+    try:
+        yield f"{serve_endpoint['url']}/int8"
+    finally:
+        serve.delete("int8")  # the session's endpoint goes on; this app's replicas must not
 
 
 def offline_int8(checkpoint: Path, frames: list[np.ndarray]) -> list[np.ndarray]:

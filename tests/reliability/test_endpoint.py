@@ -41,7 +41,7 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def rel_endpoint(serve_endpoint: dict) -> str:
+def rel_endpoint(serve_endpoint: dict) -> Iterator[str]:
     """A third app beside the fixture's two: sessions that reserve little CPU (so that many fit on two
     cores), a small frame limit and a short upload timeout."""
     from ray import serve
@@ -60,7 +60,10 @@ def rel_endpoint(serve_endpoint: dict) -> str:
         "upload_timeout_s": UPLOAD_TIMEOUT_S,
     }
     serve.run(build_app(config), name="reliability", route_prefix="/rel")
-    return f"{serve_endpoint['url']}/rel"
+    try:
+        yield f"{serve_endpoint['url']}/rel"
+    finally:
+        serve.delete("reliability")  # the session's endpoint goes on; this app's replicas must not
 
 
 def video(n: int, width: int, height: int, shift: int) -> list[np.ndarray]:

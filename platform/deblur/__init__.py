@@ -2,7 +2,7 @@
 
 The few public names live here, imported on first use: importing the package does no work, and
 the processes that only read, synthesize or write data (Ray Data tasks, most CLI commands) never
-import torch, which costs some 2 s and 300 MB in each of them on a small machine.
+import torch, which costs some 2 s and 190 MB in each of them on a small machine.
 """
 
 from __future__ import annotations

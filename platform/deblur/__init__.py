@@ -7,7 +7,6 @@ import torch, which costs some 2 s and 190 MB in each of them on a small machine
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -15,17 +14,16 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-_MODEL_NAMES = ("DeblurNet", "ModelConfig", "RecurrentState", "build_model", "summarize_model")
-_LAZY = dict.fromkeys(_MODEL_NAMES, "deblur.model")
-
 __all__ = ["DeblurNet", "ModelConfig", "RecurrentState", "__version__", "build_model", "summarize_model"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in __all__:  # a model name (__version__ is found before this is asked)
+        from deblur import model
+
+        return getattr(model, name)
     raise AttributeError(f"module 'deblur' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(__all__))

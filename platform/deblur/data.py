@@ -10,6 +10,8 @@ tau and T, see ``synthesis.py``), and writes, under OUT_PREFIX:
     manifest.json                           every record plus the run's settings (driver, at the end)
 
 Train and evaluation sets are split by source video (a stable hash of its key), never by frame.
+Records name their outputs relative to OUT_PREFIX (``train/v/shard-00000.parquet``), so a dataset
+copied elsewhere as a whole (``aws s3 sync``) reads from where it now is, not from where it was made.
 A record is written only after all of the video's outputs are complete, and every output object is
 written whole (staged locally, then uploaded or renamed), so an interrupted run leaves no shard that
 looks finished: readers use only shards named by ``status == "ok"`` records; a video that fails
@@ -43,6 +45,7 @@ __all__ = [
     "DataConfig",
     "count_training_windows",
     "load_manifest",
+    "output_uris",
     "process_video",
     "read_training_dataset",
     "sample_training_crop",
@@ -50,7 +53,9 @@ __all__ = [
     "synthesize_dataset",
 ]
 
-MANIFEST_FORMAT = "deblur-synth-manifest/1"
+MANIFEST_FORMAT = "deblur-synth-manifest/2"
+# Format 1 named outputs by absolute URIs; its datasets are still read (where they were made).
+_READABLE_FORMATS = ("deblur-synth-manifest/1", MANIFEST_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -255,11 +260,21 @@ def _write_eval_clip(
         written.append(uri)
 
 
-def _record_objects(record: dict[str, Any]) -> list[str]:
+def output_uris(record: dict[str, Any], prefix: str) -> list[str]:
+    """The URIs of a record's ``outputs`` (shards, or evaluation clip prefixes) in the dataset at ``prefix``.
+
+    Outputs are stored relative to the dataset; format 1 stored absolute URIs, taken as they are.
+    """
+    outputs = record.get("outputs", [])
+    return [o if storage.is_s3(o) or o.startswith("/") else storage.join_uri(prefix, o) for o in outputs]
+
+
+def _record_objects(record: dict[str, Any], prefix: str) -> list[str]:
     """The objects a record's ``outputs`` name (a shard, or an evaluation clip's two videos)."""
+    outputs = output_uris(record, prefix)
     if record.get("split") == "eval":
-        return [uri for prefix in record.get("outputs", []) for uri in _eval_clip_objects(prefix)]
-    return list(record.get("outputs", []))
+        return [uri for clip_prefix in outputs for uri in _eval_clip_objects(clip_prefix)]
+    return outputs
 
 
 def _delete_objects(uris: list[str]) -> None:
@@ -342,7 +357,7 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
                     clip_prefix = storage.join_uri(out, "eval", video_id, f"clip-{clip_index:03d}")
                     if split == "eval":
                         _write_eval_clip(clip_prefix, params.output_fps(info.fps), blurry, sharp, written=written)
-                        record["outputs"].append(clip_prefix)
+                        record["outputs"].append(storage.relative_key(clip_prefix, out))
                     record["clips"].append(
                         {
                             "clip": clip_index,
@@ -361,7 +376,7 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
                     break  # the video ended inside this clip
             writer.flush()
             if split == "train":
-                record["outputs"] = writer.shards
+                record["outputs"] = [storage.relative_key(shard, out) for shard in writer.shards]
             record["source_frames"] = source_start
         if record["pairs"] == 0:
             needed = max(config.synthesis.taus) if split == "eval" else config.min_window_frames
@@ -386,7 +401,7 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
     else:
         storage.write_bytes(record_uri, json.dumps(record, indent=1).encode(), content_type="application/json")
         # A redo (changed object or settings) may have left objects the new record no longer names.
-        _delete_objects(sorted(set(task.get("stale_outputs", [])) - set(_record_objects(record))))
+        _delete_objects(sorted(set(task.get("stale_outputs", [])) - set(_record_objects(record, out))))
     return record
 
 
@@ -450,7 +465,7 @@ def plan_tasks(input_prefix: str, output_prefix: str, config: DataConfig) -> tup
                 "video_id": video_id,
                 "version": version,
                 "config_digest": digest,
-                "stale_outputs": _record_objects(previous) if previous else [],
+                "stale_outputs": _record_objects(previous, output_prefix) if previous else [],
                 # A video keeps the split it was first given, even if the set of videos changed.
                 "split": previous["split"] if previous else split[video_id],
                 "out": output_prefix,
@@ -543,7 +558,7 @@ def load_manifest(prefix: str) -> dict[str, Any]:
         manifest = json.loads(storage.read_bytes(uri))
     except storage.StorageError as error:
         raise ValueError(f"{prefix}: no dataset here ({error}); run `deblur synth` first") from error
-    if manifest.get("format") != MANIFEST_FORMAT:
+    if manifest.get("format") not in _READABLE_FORMATS:
         raise ValueError(f"{uri}: not a synthesis manifest (format {manifest.get('format')!r})")
     return manifest
 
@@ -644,7 +659,8 @@ def _read_shard(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def training_shards(prefix: str) -> list[str]:
     """Every finished training shard of a dataset, from its manifest (never from a listing)."""
     manifest = load_manifest(prefix)
-    shards = [uri for r in manifest["videos"] if r["status"] == "ok" and r["split"] == "train" for uri in r["outputs"]]
+    records = [r for r in manifest["videos"] if r["status"] == "ok" and r["split"] == "train"]
+    shards = [uri for r in records for uri in output_uris(r, prefix)]
     if not shards:
         raise ValueError(f"{prefix}: the dataset has no training shards (summary: {manifest['summary']})")
     return shards
@@ -706,7 +722,7 @@ def iterate_eval_clips(prefix: str) -> Iterator[dict[str, Any]]:
     for record in manifest["videos"]:
         if record["status"] != "ok" or record["split"] != "eval":
             continue
-        for clip, clip_prefix in zip(record["clips"], record["outputs"], strict=True):
+        for clip, clip_prefix in zip(record["clips"], output_uris(record, prefix), strict=True):
             yield {
                 "video_id": record["video_id"],
                 **clip,

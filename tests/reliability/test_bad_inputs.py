@@ -21,6 +21,7 @@ from bad_inputs import CASES, Case, build_corpus
 from deblur import storage
 from deblur.checkpoint import save_checkpoint
 from deblur.cli import main
+from deblur.data import output_uris
 from deblur.video import probe_video
 from tiny import tiny_model, torch_threads
 
@@ -139,8 +140,8 @@ def test_deblur_synth(corpus_uri: str, corpus: dict[str, Path], capsys: pytest.C
         if case.valid and case.frames >= SYNTH_MIN_FRAMES:
             assert record["status"] == "ok", record
             assert record["pairs"] == SYNTH_PAIRS and len(record["outputs"]) == 1
-            (shard,) = record["outputs"]
-            expected_files.add(storage.relative_key(shard, out))
+            (shard,) = output_uris(record, out)
+            expected_files.add(record["outputs"][0])
             with storage.open_input(shard) as handle:
                 (row,) = pq.read_table(handle).to_pylist()
             size = probe_video(corpus[name])

@@ -17,11 +17,15 @@ from deblur.data import (
     _CropSampler,
     _read_shard,
     _ShardWriter,
+    iterate_eval_clips,
+    output_uris,
     plan_tasks,
     process_video,
     sample_training_crop,
     split_for,
+    training_shards,
     window_key,
+    write_manifest,
 )
 from deblur.synthesis import ClipParams, synthesize_clip
 from deblur.video import frame_to_rgb, read_frames
@@ -121,7 +125,8 @@ def test_one_video_to_shards_and_record(tmp_path: Path) -> None:
     # 130 frames at tau = T = 7: 18 outputs; one clip of 16 = one window (the rest is too short).
     assert [c["pairs"] for c in record["clips"]] == [16]
     assert record["clips"][0]["source_end"] == 16 * 7
-    table = pq.read_table(record["outputs"][0])
+    assert record["outputs"] == ["train/clip.mp4/shard-00000.parquet"]  # relative to the dataset
+    table = pq.read_table(output_uris(record, str(tmp_path / "out"))[0])
     assert table.num_rows == 1
     row = table.to_pylist()[0]
     blurry = np.frombuffer(row["blurry"], np.uint8).reshape(row["frames"], row["height"], row["width"], 3)
@@ -162,7 +167,7 @@ def test_shards_are_read_row_group_by_row_group_and_samples_name_their_window(tm
     config = DataConfig.from_dict({**TWO_SHARDS, "shard_target_bytes": 1 << 30})
     (task,), _ = plan_tasks(str(_video_dir(tmp_path)), str(tmp_path / "out"), config)
     record = process_video(task)
-    (shard,) = record["outputs"]
+    (shard,) = output_uris(record, str(tmp_path / "out"))
     assert pq.ParquetFile(shard).num_row_groups == 2  # one window per row group
     rows = list(_read_shard({"uri": shard}))
     assert [(r["clip"], r["start"]) for r in rows] == [(0, 0), (0, 8)]
@@ -235,7 +240,7 @@ def test_a_rerun_with_other_settings_redoes_the_video_and_drops_its_old_shards(t
     config = DataConfig.from_dict(TWO_SHARDS)
     (task,), _ = plan_tasks(str(source), str(out), config)
     first = process_video(task)
-    assert [Path(u).name for u in first["outputs"]] == ["shard-00000.parquet", "shard-00001.parquet"]
+    assert first["outputs"] == ["train/clip.mp4/shard-00000.parquet", "train/clip.mp4/shard-00001.parquet"]
     # Same settings, or only ones that do not shape a video's outputs: nothing to do.
     assert plan_tasks(str(source), str(out), config)[0] == []
     assert plan_tasks(str(source), str(out), DataConfig.from_dict({**TWO_SHARDS, "eval_fraction": 0.1}))[0] == []
@@ -246,8 +251,34 @@ def test_a_rerun_with_other_settings_redoes_the_video_and_drops_its_old_shards(t
     second = process_video(task)
     assert second["status"] == "ok" and second["config_digest"] != first["config_digest"]
     assert _files(out) == ["records/clip.mp4.json", "train/clip.mp4/shard-00000.parquet"]
-    assert pq.read_table(second["outputs"][0]).to_pylist()[0]["frames"] == 16
+    assert pq.read_table(output_uris(second, str(out))[0]).to_pylist()[0]["frames"] == 16
     assert plan_tasks(str(source), str(out), bigger)[0] == []
+
+
+def test_a_dataset_copied_elsewhere_reads_from_where_it_is_now(tmp_path: Path) -> None:
+    import shutil
+
+    source, out, moved = _video_dir(tmp_path), tmp_path / "out", tmp_path / "moved"
+    config = DataConfig.from_dict(TWO_SHARDS)
+    tasks, _ = plan_tasks(str(source), str(out), config)
+    train = process_video(tasks[0])
+    evaluation = process_video({**tasks[0], "split": "eval"} | {"video_id": "other.mp4"})
+    write_manifest(str(source), str(out), config, [train, evaluation])
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)  # a copy must not lean on the original, not even for reading
+    shards = training_shards(str(moved))
+    assert shards == [str(moved / f"train/clip.mp4/shard-0000{i}.parquet") for i in (0, 1)]
+    assert all(pq.ParquetFile(uri).metadata.num_rows == 1 for uri in shards)
+    clips = list(iterate_eval_clips(str(moved)))
+    assert clips[0]["blurry"] == str(moved / "eval/other.mp4/clip-000/blurry.mp4")
+    assert all(Path(c["blurry"]).is_file() and Path(c["sharp"]).is_file() for c in clips)
+    # A format-1 manifest (absolute URIs of where the dataset was made) is still read as it was.
+    old = json.loads((moved / "manifest.json").read_text())
+    old["format"] = "deblur-synth-manifest/1"
+    for record in old["videos"]:
+        record["outputs"] = [str(moved / o) for o in record["outputs"]]
+    (moved / "manifest.json").write_text(json.dumps(old))
+    assert training_shards(str(moved)) == shards and list(iterate_eval_clips(str(moved))) == clips
 
 
 def test_listings_skip_the_staging_files_of_an_interrupted_write(tmp_path: Path) -> None:

@@ -609,6 +609,75 @@ def measure_model(
     return {"fps": 1 / seconds, "gflops": gflop / seconds, "gflop_per_frame": gflop, "seconds": seconds}
 
 
+def measure_step_breakdown(model: Any, *, width: int, height: int, frames: int = 6) -> dict[str, Any]:
+    """Where a steady-state fp32 step's time goes: each conv timed inside the step, and the rest.
+
+    Forward hooks take the time around every conv and transposed conv of the engine's model (its
+    layout, its padding: the blending conv's replicate padding counts as its own); the medians of
+    ``frames`` steps. ``other_seconds`` is the step's median less its convs': the element-wise work
+    (ReLU, adds, concatenation, tanh, lerp) that ``measure_conv_ceiling`` leaves out.
+    """
+    import torch
+    from torch import nn
+
+    from deblur.engine import OnlineDeblurrer
+    from deblur.model import conv_macs
+
+    net = OnlineDeblurrer(model, device="cpu").model
+    names = {module: name for name, module in net.named_modules()}
+    times: dict[str, list[float]] = {}
+    flops: dict[str, float] = {}
+    started: dict[Any, float] = {}
+
+    def before(module: Any, inputs: tuple[Any, ...]) -> None:
+        started[module] = time.perf_counter()
+
+    def after(module: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        times.setdefault(names[module], []).append(time.perf_counter() - started[module])
+        flops[names[module]] = 2 * conv_macs(module, inputs[0], output)
+
+    window = torch.rand(1, model.config.num_frames, 3, height, width)
+    convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    steps = []
+    with torch.inference_mode():
+        state = net.init_state(1, height, width)
+        for _ in range(2):  # step 0 has nothing to blend; the steady state counts
+            _, state = net.step(window, state)
+        handles = [m.register_forward_pre_hook(before) for m in convs]
+        handles += [m.register_forward_hook(after) for m in convs]
+        try:
+            for _ in range(frames):
+                began = time.perf_counter()
+                _, state = net.step(window, state)
+                steps.append(time.perf_counter() - began)
+        finally:
+            for handle in handles:
+                handle.remove()
+    layers = []
+    for name, samples in times.items():
+        seconds = sorted(samples)[len(samples) // 2]
+        layers.append(
+            {"layer": name, "gflop": flops[name] / 1e9, "seconds": seconds, "gflops": flops[name] / seconds / 1e9}
+        )
+    step = sorted(steps)[len(steps) // 2]
+    conv_seconds = sum(layer["seconds"] for layer in layers)
+    return {"seconds": step, "conv_seconds": conv_seconds, "other_seconds": step - conv_seconds, "layers": layers}
+
+
+def _describe_breakdown(breakdown: dict[str, Any], roofline: float) -> str:
+    step, convs = breakdown["seconds"], breakdown["conv_seconds"]
+    slow = sorted(
+        (layer for layer in breakdown["layers"] if layer["gflops"] < 0.8 * roofline), key=lambda x: x["gflops"]
+    )
+    parts = [f"{layer['layer']} {layer['gflops']:.0f} GFLOP/s ({layer['seconds'] * 1e3:.0f} ms)" for layer in slow]
+    rates = [layer["gflops"] for layer in breakdown["layers"]]
+    return (
+        f"{step * 1e3:.0f} ms: convolutions {convs * 1e3:.0f} ms ({convs / step:.0%}, "
+        f"{min(rates):.0f}-{max(rates):.0f} GFLOP/s), element-wise work {breakdown['other_seconds'] * 1e3:.0f} ms"
+        + (f"; convs below 80% of the roofline: {', '.join(parts)}" if parts else "")
+    )
+
+
 def measure_conv_ceiling(
     model: Any, *, width: int, height: int, batch: int = 1, training: bool = False, min_time: float = 0.2
 ) -> dict[str, Any]:
@@ -797,6 +866,10 @@ def run_perf_benchmark(
         "conv layers alone 640x480, each by itself (ceiling of a step)",
         measure_conv_ceiling(model, width=640, height=480),
     )
+
+    breakdown = measure_step_breakdown(model, width=640, height=480, frames=3 if quick else 6)
+    results["step_breakdown_640x480"] = breakdown
+    echo(f"inside a step, fp32, 640x480 (each conv timed in place): {_describe_breakdown(breakdown, roofline)}")
 
     def fp32_around(measure: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], float, str]:
         """``measure()``'s figure, and its fps over fp32's timed just before and just after it.

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from deblur.bench import measure_conv_ceiling, measure_model, replace_marked_block
+from deblur.bench import measure_conv_ceiling, measure_model, measure_step_breakdown, replace_marked_block
 from deblur.model import DeblurNet, count_macs_per_pixel
 from tiny import tiny_model
 
@@ -61,3 +61,15 @@ def test_conv_ceiling_times_every_conv_of_a_step_once_at_its_cost(training):
     assert all(layer["gflops"] > 0 for layer in ceiling["layers"])
     slowest = min(layer["gflops"] for layer in ceiling["layers"])
     assert slowest <= ceiling["gflops"] <= max(layer["gflops"] for layer in ceiling["layers"])
+
+
+def test_step_breakdown_times_every_conv_inside_the_step_and_leaves_the_rest():
+    model = tiny_model()
+    breakdown = measure_step_breakdown(model, width=16, height=8, frames=3)
+    convs = [name for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert sorted(layer["layer"] for layer in breakdown["layers"]) == sorted(convs)
+    assert sum(layer["gflop"] for layer in breakdown["layers"]) == pytest.approx(
+        2 * count_macs_per_pixel(model) * 16 * 8 / 1e9
+    )
+    assert 0 < breakdown["conv_seconds"] < breakdown["seconds"]
+    assert breakdown["other_seconds"] == pytest.approx(breakdown["seconds"] - breakdown["conv_seconds"])

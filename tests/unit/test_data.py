@@ -14,6 +14,7 @@ import pytest
 from deblur import storage
 from deblur.data import (
     DataConfig,
+    _Committer,
     _CropSampler,
     _read_shard,
     _ShardWriter,
@@ -206,7 +207,8 @@ def test_a_shard_is_visible_only_once_flushed_and_an_aborted_one_never(tmp_path:
         for s in (0, 3)
     ]
     written: list[str] = []
-    writer = _ShardWriter(str(tmp_path / "train" / "v"), 1 << 30, written=written)
+    committer = _Committer(written=written)
+    writer = _ShardWriter(str(tmp_path / "train" / "v"), 1 << 30, committer=committer)
     writer.add(rows[0])
     assert [p for p in _files(tmp_path) if not p.split("/")[-1].startswith(".")] == []  # staged only
     writer.abort()
@@ -214,6 +216,7 @@ def test_a_shard_is_visible_only_once_flushed_and_an_aborted_one_never(tmp_path:
     for row in rows:
         writer.add(row)
     writer.flush()
+    committer.wait()
     assert _files(tmp_path) == ["train/v/shard-00000.parquet"] and written == writer.shards
     read = list(_read_shard({"uri": writer.shards[0]}))
     assert [r["start"] for r in read] == [0, 3]  # one row group per window, in order
@@ -244,6 +247,9 @@ def test_a_rerun_with_other_settings_redoes_the_video_and_drops_its_old_shards(t
     # Same settings, or only ones that do not shape a video's outputs: nothing to do.
     assert plan_tasks(str(source), str(out), config)[0] == []
     assert plan_tasks(str(source), str(out), DataConfig.from_dict({**TWO_SHARDS, "eval_fraction": 0.1}))[0] == []
+    assert (
+        plan_tasks(str(source), str(out), DataConfig.from_dict({**TWO_SHARDS, "shard_target_bytes": 1 << 30}))[0] == []
+    )
     # One 16-pair window per shard instead of two 8-pair ones: redone, and the old second shard goes.
     bigger = DataConfig.from_dict({**TWO_SHARDS, "window_frames": 16, "min_window_frames": 16})
     (task,), done = plan_tasks(str(source), str(out), bigger)
@@ -279,6 +285,24 @@ def test_a_dataset_copied_elsewhere_reads_from_where_it_is_now(tmp_path: Path) -
         record["outputs"] = [str(moved / o) for o in record["outputs"]]
     (moved / "manifest.json").write_text(json.dumps(old))
     assert training_shards(str(moved)) == shards and list(iterate_eval_clips(str(moved))) == clips
+
+
+def test_a_record_made_while_the_digest_counted_the_shard_size_is_still_done(tmp_path: Path) -> None:
+    import hashlib
+
+    source, out = _video_dir(tmp_path), tmp_path / "out"
+    config = DataConfig.from_dict({k: v for k, v in TWO_SHARDS.items() if k != "shard_target_bytes"})
+    (task,), _ = plan_tasks(str(source), str(out), config)
+    # The digest as it was computed then: every setting but the listing and the split, 64 MB shards.
+    values = {k: v for k, v in config.to_dict().items() if k not in ("patterns", "eval_fraction")}
+    earlier = hashlib.sha256(json.dumps({**values, "shard_target_bytes": 64 << 20}, sort_keys=True).encode())
+    assert process_video({**task, "config_digest": earlier.hexdigest()[:16]})["status"] == "ok"
+    assert plan_tasks(str(source), str(out), config)[0] == []
+    # Made with other shards then, it is redone: the digest of then named that size.
+    values["shard_target_bytes"] = 1 << 30
+    other = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+    assert process_video({**task, "config_digest": other})["status"] == "ok"
+    assert len(plan_tasks(str(source), str(out), config)[0]) == 1
 
 
 def test_listings_skip_the_staging_files_of_an_interrupted_write(tmp_path: Path) -> None:

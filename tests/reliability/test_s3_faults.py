@@ -86,6 +86,33 @@ def test_a_refusal_is_not_retried_and_writes_nothing(proxy: FaultProxy, s3_bucke
     assert not storage.exists(f"{s3_bucket}/x.bin")
 
 
+def test_a_synthesis_upload_refused_in_the_background_fails_the_video_and_leaves_nothing(
+    proxy: FaultProxy, s3_bucket: str, tmp_path: Path
+) -> None:
+    """Shards are uploaded while the next one is synthesized; the second one's upload is refused."""
+    from deblur.data import DataConfig, plan_tasks, process_video
+
+    source = write_test_video(tmp_path / "clip.mp4", width=48, height=40, frames=130, fps=240, audio=False)
+    storage.upload_file(source, f"{s3_bucket}/raw/clip.mp4")
+    # One 8-pair window per shard: two shards, the first uploaded before the second is made.
+    settings = {"taus": [7], "stride_max": 1.01, "scale": 1.0, "clip_frames": 16, "eval_fraction": 0}
+    config = DataConfig.from_dict({**settings, "window_frames": 8, "min_window_frames": 8, "shard_target_bytes": 1})
+    out = f"{s3_bucket}/data"
+    (task,), _ = plan_tasks(f"{s3_bucket}/raw", out, config)
+    proxy.fail(count=1, statuses=(403,), when=lambda method, path: method == "PUT" and "shard-00001" in path)
+    record = process_video(task)
+    assert record["status"] == "failed" and "shard-00001.parquet" in record["error"], record
+    assert record["outputs"] == [] and _objects(out) == []  # the first shard deleted again, no record
+    assert proxy.faults_done
+    (task,), _ = plan_tasks(f"{s3_bucket}/raw", out, config)  # the next run retries it
+    record = process_video(task)
+    assert record["status"] == "ok" and record["outputs"] == [
+        "train/clip.mp4/shard-00000.parquet",
+        "train/clip.mp4/shard-00001.parquet",
+    ]
+    assert _objects(out) == ["records/clip.mp4.json", *record["outputs"]]
+
+
 # ---------------------------------------------------------------------------------------------
 # Batch jobs through the proxy
 # ---------------------------------------------------------------------------------------------

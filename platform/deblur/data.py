@@ -129,7 +129,10 @@ def config_digest(config: DataConfig) -> str:
     change the windows an existing video produces, so they are left out.
     """
     ignored = ("patterns", "eval_fraction", "shard_target_bytes")
-    values = {k: v for k, v in config.to_dict().items() if k not in ignored}
+    return _digest_of({k: v for k, v in config.to_dict().items() if k not in ignored})
+
+
+def _digest_of(values: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -140,9 +143,7 @@ def _digests_of_done(config: DataConfig) -> set[str]:
     with the default of then (64 MB): datasets made then are not redone for a change of grouping.
     """
     values = {k: v for k, v in config.to_dict().items() if k not in ("patterns", "eval_fraction")}
-    values["shard_target_bytes"] = 64 << 20
-    earlier = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
-    return {config_digest(config), earlier}
+    return {config_digest(config), _digest_of({**values, "shard_target_bytes": 64 << 20})}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,8 +185,8 @@ def _frames_cell(frames: np.ndarray) -> Any:
 class _Committer:
     """Commits staged outputs (the upload to S3, or the local rename) on a thread of its own.
 
-    A task used to wait for each upload: to the local S3 server, uploading a video's shards took
-    half as long again as synthesizing them (2026-12-04), and to a remote bucket the wait is the
+    A task used to wait for each upload: 8 videos took 9.4 s with one worker writing to the local S3
+    server against 6.3 s writing to memory (2026-12-04), and to a remote bucket the wait is the
     network's. Now the next shard is synthesized meanwhile. One commit runs at a time and a new
     one first waits for it, so at most two staged files sit on local disk. ``wait`` re-raises a
     commit's error; ``written`` gets an object's URI when its commit starts, so a failed video's

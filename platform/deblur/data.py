@@ -128,8 +128,12 @@ def config_digest(config: DataConfig) -> str:
     keeps its first split) and how windows are grouped into files (``shard_target_bytes``) do not
     change the windows an existing video produces, so they are left out.
     """
+    return _digest_of(_shaping_settings(config))
+
+
+def _shaping_settings(config: DataConfig) -> dict[str, Any]:
     ignored = ("patterns", "eval_fraction", "shard_target_bytes")
-    return _digest_of({k: v for k, v in config.to_dict().items() if k not in ignored})
+    return {k: v for k, v in config.to_dict().items() if k not in ignored}
 
 
 def _digest_of(values: dict[str, Any]) -> str:
@@ -142,8 +146,8 @@ def _digests_of_done(config: DataConfig) -> set[str]:
     ``config_digest``, and the digest the same settings had while it still counted the shard size,
     with the default of then (64 MB): datasets made then are not redone for a change of grouping.
     """
-    values = {k: v for k, v in config.to_dict().items() if k not in ("patterns", "eval_fraction")}
-    return {config_digest(config), _digest_of({**values, "shard_target_bytes": 64 << 20})}
+    values = _shaping_settings(config)
+    return {_digest_of(values), _digest_of({**values, "shard_target_bytes": 64 << 20})}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,11 +464,11 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
         record.update(status="failed", error=str(error), clips=[], pairs=0, outputs=[])
     except Exception as error:  # recorded, and retried on the next run
         record.update(status="failed", error=f"{type(error).__name__}: {error}", clips=[], pairs=0, outputs=[])
+    finally:
+        committer.close()  # nothing in flight from here on: the cleanup below sees every object
     record["seconds"] = round(time.perf_counter() - started, 3)
     if record["status"] != "ok":
         writer.abort()
-    committer.close()  # nothing in flight from here on: cleanup below sees every object
-    if record["status"] != "ok":
         _delete_objects(written)
     if record["status"] == "failed":
         # An earlier record of this video is out of date (else it would not have been planned) and

@@ -577,6 +577,49 @@ def write_manifest(
     return manifest_uri, manifest
 
 
+# Ray Data's executor waits for its running tasks in ``ray.wait(all of them, timeout=0.1)``, so
+# while another task still runs it notices a finished one up to 100 ms late, and that worker idles
+# until then (ray-project/ray#42377, #45934; no public setting in Ray 2.60). Measured here with two
+# workers on 4 s videos: 0.12-0.22 s between one video and the next on a worker, 10-20% of a task;
+# polling every 0.01 s, the gaps are 0.03 s and the run 7-10% faster, for 0.2 CPU-seconds of the
+# driver's time. High-speed clips are often that short (a few seconds at 240 fps).
+_EXECUTOR_STATE_MODULE = "ray.data._internal.execution.streaming_executor_state"
+_EXECUTOR_WAIT_TIMEOUT = "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S"
+_EXECUTOR_WAIT_SECONDS = 0.01
+
+
+@contextlib.contextmanager
+def _settings_for_one_operator() -> Iterator[None]:
+    """Ray Data settings for this job while it runs in this process; restored afterwards.
+
+    Ray Data's throttles are built for pipelines of operators passing big blocks; this job is one
+    operator whose outputs are small records, and on a small cluster they kept the second worker
+    idle: the per-operator CPU reservation (4 one-CPU tasks of 2 s took 5.2 s instead of 4.2 s on
+    2 CPUs) and the downstream-capacity backpressure (8 videos ran one at a time after the first
+    four). Both are off. The completion polling interval (above) is a private module constant of
+    Ray Data, read by this process's executor thread at each poll; where a Ray version no longer
+    has it, the job runs with Ray's default (a unit test checks that the installed Ray has it).
+    """
+    import importlib
+
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    saved = (context.op_resource_reservation_enabled, context.downstream_capacity_backpressure_ratio)
+    executor_state = importlib.import_module(_EXECUTOR_STATE_MODULE)
+    saved_wait = getattr(executor_state, _EXECUTOR_WAIT_TIMEOUT, None)
+    context.op_resource_reservation_enabled = False
+    context.downstream_capacity_backpressure_ratio = None
+    if isinstance(saved_wait, float):
+        setattr(executor_state, _EXECUTOR_WAIT_TIMEOUT, min(saved_wait, _EXECUTOR_WAIT_SECONDS))
+    try:
+        yield
+    finally:
+        context.op_resource_reservation_enabled, context.downstream_capacity_backpressure_ratio = saved
+        if isinstance(saved_wait, float):
+            setattr(executor_state, _EXECUTOR_WAIT_TIMEOUT, saved_wait)
+
+
 def synthesize_dataset(
     input_prefix: str,
     output_prefix: str,
@@ -599,22 +642,10 @@ def synthesize_dataset(
         from deblur.cluster import connect_ray
 
         connect_ray()
-        context = ray.data.DataContext.get_current()
-        saved = (context.op_resource_reservation_enabled, context.downstream_capacity_backpressure_ratio)
-        # Ray Data's throttles are built for pipelines of operators passing big blocks; this job
-        # is one operator whose outputs are small records, and on a small cluster they kept the
-        # second worker idle: the per-operator CPU reservation (4 one-CPU tasks of 2 s took
-        # 5.2 s instead of 4.2 s on 2 CPUs) and the downstream-capacity backpressure (8 videos
-        # ran one at a time after the first four). Both are off for this job and restored after.
-        context.op_resource_reservation_enabled = False
-        context.downstream_capacity_backpressure_ratio = None
-        try:
+        with _settings_for_one_operator():
             dataset = ray.data.from_items(tasks, override_num_blocks=len(tasks))
             # One row per block and a plain function: each video is one Ray task that decodes it
-            # as a stream; only the small record travels back through the object store. While
-            # another task runs, Ray Data notices a finished one up to 100 ms late (ray#42377): a
-            # gap of 0.12-0.22 s before a worker's next video here, which is 10-20% of a 4 s video
-            # at 640x360 and little of a real clip's minutes.
+            # as a stream; only the small record travels back through the object store.
             results = dataset.map(
                 process_video,
                 compute=ray.data.TaskPoolStrategy(size=workers),
@@ -624,8 +655,6 @@ def synthesize_dataset(
                 # Ray 2.60 warns that such remote args go in 2.64 but has no named replacement.
                 max_retries=2,
             ).take_all()
-        finally:
-            context.op_resource_reservation_enabled, context.downstream_capacity_backpressure_ratio = saved
         records.extend(results)
     manifest_uri, manifest = write_manifest(input_prefix, output_prefix, config, records)
     return SynthesisRun(manifest_uri=manifest_uri, records=records, summary=manifest["summary"], processed=len(tasks))

@@ -17,6 +17,7 @@ from deblur.data import (
     _Committer,
     _CropSampler,
     _read_shard,
+    _settings_for_one_operator,
     _ShardWriter,
     iterate_eval_clips,
     output_uris,
@@ -303,6 +304,31 @@ def test_a_record_made_while_the_digest_counted_the_shard_size_is_still_done(tmp
     other = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
     assert process_video({**task, "config_digest": other})["status"] == "ok"
     assert len(plan_tasks(str(source), str(out), config)[0]) == 1
+
+
+def test_the_job_polls_ray_data_tasks_promptly_and_restores_ray_settings() -> None:
+    """The 10 ms poll patches a private Ray Data constant: this fails when a Ray upgrade drops it."""
+    import ray.data
+    from ray.data._internal.execution import streaming_executor_state as executor_state
+
+    context = ray.data.DataContext.get_current()
+    before = (
+        executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S,
+        context.op_resource_reservation_enabled,
+        context.downstream_capacity_backpressure_ratio,
+    )
+    assert isinstance(before[0], float) and before[0] > 0.01
+    with pytest.raises(RuntimeError, match="a task failed"), _settings_for_one_operator():
+        assert executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S == 0.01
+        assert context.op_resource_reservation_enabled is False
+        assert context.downstream_capacity_backpressure_ratio is None
+        raise RuntimeError("a task failed")
+    after = (
+        executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S,
+        context.op_resource_reservation_enabled,
+        context.downstream_capacity_backpressure_ratio,
+    )
+    assert after == before
 
 
 def test_listings_skip_the_staging_files_of_an_interrupted_write(tmp_path: Path) -> None:

@@ -606,7 +606,10 @@ def _settings_for_one_operator() -> Iterator[None]:
 
     context = ray.data.DataContext.get_current()
     saved = (context.op_resource_reservation_enabled, context.downstream_capacity_backpressure_ratio)
-    executor_state = importlib.import_module(_EXECUTOR_STATE_MODULE)
+    try:
+        executor_state = importlib.import_module(_EXECUTOR_STATE_MODULE)
+    except ImportError:  # moved in a later Ray: its default polling, nothing else changes
+        executor_state = None
     saved_wait = getattr(executor_state, _EXECUTOR_WAIT_TIMEOUT, None)
     context.op_resource_reservation_enabled = False
     context.downstream_capacity_backpressure_ratio = None

@@ -583,8 +583,6 @@ def write_manifest(
 # workers on 4 s videos: 0.12-0.22 s between one video and the next on a worker, 10-20% of a task;
 # polling every 0.01 s, the gaps are 0.03 s and the run 7-10% faster, for 0.2 CPU-seconds of the
 # driver's time. High-speed clips are often that short (a few seconds at 240 fps).
-_EXECUTOR_STATE_MODULE = "ray.data._internal.execution.streaming_executor_state"
-_EXECUTOR_WAIT_TIMEOUT = "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S"
 _EXECUTOR_WAIT_SECONDS = 0.01
 
 
@@ -600,27 +598,26 @@ def _settings_for_one_operator() -> Iterator[None]:
     Ray Data, read by this process's executor thread at each poll; where a Ray version no longer
     has it, the job runs with Ray's default (a unit test checks that the installed Ray has it).
     """
-    import importlib
-
     import ray
 
-    context = ray.data.DataContext.get_current()
-    saved = (context.op_resource_reservation_enabled, context.downstream_capacity_backpressure_ratio)
     try:
-        executor_state = importlib.import_module(_EXECUTOR_STATE_MODULE)
+        from ray.data._internal.execution import streaming_executor_state as executor_state
     except ImportError:  # moved in a later Ray: its default polling, nothing else changes
         executor_state = None
-    saved_wait = getattr(executor_state, _EXECUTOR_WAIT_TIMEOUT, None)
+    saved_wait = getattr(executor_state, "WAIT_FOR_TASK_COMPLETION_TIMEOUT_S", None)
+    patch_wait = isinstance(saved_wait, float)
+    context = ray.data.DataContext.get_current()
+    saved = (context.op_resource_reservation_enabled, context.downstream_capacity_backpressure_ratio)
     context.op_resource_reservation_enabled = False
     context.downstream_capacity_backpressure_ratio = None
-    if isinstance(saved_wait, float):
-        setattr(executor_state, _EXECUTOR_WAIT_TIMEOUT, min(saved_wait, _EXECUTOR_WAIT_SECONDS))
+    if patch_wait:
+        executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = min(saved_wait, _EXECUTOR_WAIT_SECONDS)
     try:
         yield
     finally:
         context.op_resource_reservation_enabled, context.downstream_capacity_backpressure_ratio = saved
-        if isinstance(saved_wait, float):
-            setattr(executor_state, _EXECUTOR_WAIT_TIMEOUT, saved_wait)
+        if patch_wait:
+            executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S = saved_wait
 
 
 def synthesize_dataset(

@@ -527,6 +527,45 @@ def run_train_benchmark(
     return results
 
 
+def measure_training_step(config: Any, *, steps: int = 4) -> dict[str, float]:
+    """fp32 training steps in this process, no Ray: samples/s and GFLOP/s at ``config``'s shape.
+
+    The step a Ray Train worker runs (``optimize_step``: forward over the sequence, Eq. 4,
+    backward, Adam, dead weights zeroed), on random uint8 sequences of ``config.batch_size`` x
+    ``config.sequence_frames`` x ``config.crop``^2, with this process's torch threads and nothing
+    beside it: no data reader, no Ray processes. Against the Ray Train figure, it says what the
+    run around the step costs; against the conv ceiling, what the step's own element-wise work
+    and optimizer cost. Median of ``steps`` steps after two warm-up steps. GFLOP/s counts as
+    ``run_train_benchmark`` does (3x the forward multiply-adds x 2 of every deblurred frame).
+    """
+    import numpy as np
+    import torch
+
+    from deblur.engine import keep_freed_memory
+    from deblur.model import ModelConfig, build_model, count_macs_per_pixel
+    from deblur.train import make_optimizer, optimize_step
+
+    keep_freed_memory()  # as every Ray Train worker does before its first step
+    torch.manual_seed(config.seed)
+    model = build_model(ModelConfig(**config.model_dict())).to(memory_format=torch.channels_last)
+    optimizer, scheduler = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    rng = np.random.default_rng(config.seed)
+    shape = (config.batch_size, config.sequence_frames, config.crop, config.crop, 3)
+    batch = {key: rng.integers(0, 256, shape, dtype=np.uint8) for key in ("blurry", "sharp")}
+    device = torch.device("cpu")
+    times = []
+    for index in range(2 + steps):
+        started = time.perf_counter()
+        optimize_step(model, model, optimizer, scheduler, scaler, batch, config=config, device=device)
+        if index >= 2:
+            times.append(time.perf_counter() - started)
+    seconds = statistics.median(times)
+    outputs = config.sequence_frames - 2 * config.m
+    gflop = config.batch_size * outputs * config.crop**2 * count_macs_per_pixel(model) * 2 * 3 / 1e9
+    return {"seconds": seconds, "samples_per_s": config.batch_size / seconds, "gflops": gflop / seconds}
+
+
 # ---------------------------------------------------------------------------------------------
 # Performance: the device's limit, the model against it, the whole pipeline against the model
 # ---------------------------------------------------------------------------------------------
@@ -981,6 +1020,20 @@ def run_perf_benchmark(
                 model, width=small.crop, height=small.crop, batch=small.per_worker_batch, training=True
             ),
         )
+        # The step itself, without Ray around it, at that shape and at the paper's (Sec. 5.3:
+        # batch 8 of 13x128x128, where the convolutions are larger and run nearer their best).
+        for key, preset in (("train_step_small", "cpu-small"), ("train_step_paper", "paper")):
+            shape = load_train_config(preset, {"amp": False})
+            step = measure_training_step(shape)
+            results[key] = step
+            what = f"batch {shape.batch_size} of {shape.sequence_frames}x{shape.crop}x{shape.crop}"
+            ratio = step["gflops"] / roofline
+            echo(
+                f"training step alone, fp32, {what}, in one process (no Ray, no data reader), "
+                f"{torch.get_num_threads()} threads: {step['samples_per_s']:.2f} samples/s, "
+                f"{step['gflops']:.0f} GFLOP/s, {ratio:.0%} of the roofline"
+            )
+            rows.append((f"training step alone fp32, {what}, one process (no Ray)", f"{ratio:.0%} of roofline", ""))
         train = run_train_benchmark(cache=str(directory / "train"), echo=echo)
         for fig in train.values():
             if fig["precision"] == "fp32":

@@ -5,8 +5,15 @@ import warnings
 import pytest
 import torch
 
-from deblur.bench import measure_conv_ceiling, measure_model, measure_step_breakdown, replace_marked_block
-from deblur.model import DeblurNet, count_macs_per_pixel
+from deblur.bench import (
+    measure_conv_ceiling,
+    measure_model,
+    measure_step_breakdown,
+    measure_training_step,
+    replace_marked_block,
+)
+from deblur.model import DeblurNet, ModelConfig, build_model, count_macs_per_pixel
+from deblur.train import load_train_config, optimize_step
 from tiny import tiny_model
 
 
@@ -73,3 +80,21 @@ def test_step_breakdown_times_every_conv_inside_the_step_and_leaves_the_rest():
     )
     assert 0 < breakdown["conv_seconds"] < breakdown["seconds"]
     assert breakdown["other_seconds"] == pytest.approx(breakdown["seconds"] - breakdown["conv_seconds"])
+
+
+def test_training_step_benchmark_runs_the_training_step_and_counts_its_flops(monkeypatch):
+    config = load_train_config("tiny", {"batch_size": 2, "sequence_frames": 5, "crop": 16})
+    steps = []
+
+    def counted(*args, **kwargs):
+        steps.append(args[-1]["blurry"].shape)
+        return optimize_step(*args, **kwargs)
+
+    monkeypatch.setattr("deblur.train.optimize_step", counted)
+    step = measure_training_step(config, steps=3)
+    # Two warm-up steps, then the timed ones, each on a whole batch of the config's shape.
+    assert steps == [(2, 5, 16, 16, 3)] * 5
+    model = build_model(ModelConfig(**config.model_dict()))
+    flop = 2 * (5 - 2 * config.m) * 16 * 16 * count_macs_per_pixel(model) * 2 * 3
+    assert step["samples_per_s"] == pytest.approx(2 / step["seconds"])
+    assert step["gflops"] == pytest.approx(flop / step["seconds"] / 1e9)

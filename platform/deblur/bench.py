@@ -545,6 +545,8 @@ def measure_training_step(config: Any, *, steps: int = 4) -> dict[str, float]:
     from deblur.model import ModelConfig, build_model, count_macs_per_pixel
     from deblur.train import make_optimizer, optimize_step
 
+    if config.amp:
+        raise ValueError("measure_training_step times fp32 steps: pass a config with amp=False")
     keep_freed_memory()  # as every Ray Train worker does before its first step
     torch.manual_seed(config.seed)
     model = build_model(ModelConfig(**config.model_dict())).to(memory_format=torch.channels_last)

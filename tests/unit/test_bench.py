@@ -98,3 +98,5 @@ def test_training_step_benchmark_runs_the_training_step_and_counts_its_flops(mon
     flop = 2 * (5 - 2 * config.m) * 16 * 16 * count_macs_per_pixel(model) * 2 * 3
     assert step["samples_per_s"] == pytest.approx(2 / step["seconds"])
     assert step["gflops"] == pytest.approx(flop / step["seconds"] / 1e9)
+    with pytest.raises(ValueError, match="amp=False"):
+        measure_training_step(load_train_config("tiny", {"amp": True}), steps=1)

@@ -443,6 +443,15 @@ def run_serve_benchmark(
 # ---------------------------------------------------------------------------------------------
 
 
+def _training_gflop_per_sample(config: Any) -> float:
+    """Forward plus backward of one training sample, counted as 3x the forward multiply-adds x 2
+    of every frame the sequence deblurs (``count_macs_per_pixel`` of ``config``'s network)."""
+    from deblur.model import ModelConfig, build_model, count_macs_per_pixel
+
+    macs = count_macs_per_pixel(build_model(ModelConfig(**config.model_dict())))
+    return (config.sequence_frames - 2 * config.m) * config.crop**2 * macs * 2 * 3 / 1e9
+
+
 def run_train_benchmark(
     *,
     steps: int = 30,
@@ -460,7 +469,6 @@ def run_train_benchmark(
     from deblur.corpus import CorpusConfig, generate_corpus
     from deblur.data import DataConfig, synthesize_dataset
     from deblur.local_s3 import local_object_store
-    from deblur.model import DeblurNet, count_macs_per_pixel
     from deblur.train import choose_autocast, load_train_config, run_training
 
     echo(f"machine: {describe_machine()}")
@@ -505,9 +513,7 @@ def run_train_benchmark(
                 run = run_training(config, dataset=data, storage_path=str(directory / "runs"), name=name)
                 samples_per_s = float(run.metrics["mean_samples_per_s"])
                 data_wait = float(run.metrics["mean_data_wait"])
-                outputs = config.sequence_frames - 2 * config.m
-                macs = count_macs_per_pixel(DeblurNet(variant=config.variant, m=config.m))
-                gflops = samples_per_s * outputs * config.crop**2 * macs * 2 * 3 / 1e9
+                gflops = samples_per_s * _training_gflop_per_sample(config)
                 figures = {
                     "workers": workers,
                     "precision": precision,
@@ -535,14 +541,14 @@ def measure_training_step(config: Any, *, steps: int = 4) -> dict[str, float]:
     ``config.sequence_frames`` x ``config.crop``^2, with this process's torch threads and nothing
     beside it: no data reader, no Ray processes. Against the Ray Train figure, it says what the
     run around the step costs; against the conv ceiling, what the step's own element-wise work
-    and optimizer cost. Median of ``steps`` steps after two warm-up steps. GFLOP/s counts as
-    ``run_train_benchmark`` does (3x the forward multiply-adds x 2 of every deblurred frame).
+    and optimizer cost. Median of ``steps`` steps after two warm-up steps; GFLOP/s counted as
+    ``run_train_benchmark`` counts them (``_training_gflop_per_sample``).
     """
     import numpy as np
     import torch
 
     from deblur.engine import keep_freed_memory
-    from deblur.model import ModelConfig, build_model, count_macs_per_pixel
+    from deblur.model import ModelConfig, build_model
     from deblur.train import make_optimizer, optimize_step
 
     if config.amp:
@@ -563,9 +569,12 @@ def measure_training_step(config: Any, *, steps: int = 4) -> dict[str, float]:
         if index >= 2:
             times.append(time.perf_counter() - started)
     seconds = statistics.median(times)
-    outputs = config.sequence_frames - 2 * config.m
-    gflop = config.batch_size * outputs * config.crop**2 * count_macs_per_pixel(model) * 2 * 3 / 1e9
-    return {"seconds": seconds, "samples_per_s": config.batch_size / seconds, "gflops": gflop / seconds}
+    samples_per_s = config.batch_size / seconds
+    return {
+        "seconds": seconds,
+        "samples_per_s": samples_per_s,
+        "gflops": samples_per_s * _training_gflop_per_sample(config),
+    }
 
 
 # ---------------------------------------------------------------------------------------------

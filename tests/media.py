@@ -36,8 +36,12 @@ def write_test_video(
     rotation: int = 0,
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
+    timestamps: list[int] | None = None,
 ) -> Path:
-    """Encode a real video file; H.264 MP4 with an AAC track by default."""
+    """Encode a real video file; H.264 MP4 with an AAC track by default.
+
+    ``timestamps``: each frame's pts in units of 1/fps (default 0, 1, 2, ...).
+    """
     out = av.open(str(path), "w", options=container_options or {})
     stream = out.add_stream(codec, rate=fps, options=options or {})
     stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -46,6 +50,8 @@ def write_test_video(
     audio_stream = out.add_stream("aac", rate=44100) if audio else None
     for i in range(frames):
         frame = av.VideoFrame.from_ndarray(pattern_frame(i, width, height), format="rgb24")
+        if timestamps is not None:
+            frame.pts, frame.time_base = timestamps[i], Fraction(1, fps)
         for packet in stream.encode(frame):
             out.mux(packet)
     if audio_stream is not None:

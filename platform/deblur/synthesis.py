@@ -15,6 +15,7 @@ object storage.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from fractions import Fraction
@@ -22,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ClipParams", "SynthesisConfig", "blur_window", "draw_clip_params", "resize_frame", "synthesize_clip"]
+__all__ = [
+    "ClipParams",
+    "ClipSchedule",
+    "SynthesisConfig",
+    "blur_window",
+    "draw_clip_params",
+    "resize_frame",
+    "synthesize_clip",
+]
 
 PAPER_TAUS = (7, 9, 11, 13, 15)
 
@@ -91,6 +100,37 @@ def draw_clip_params(rng: np.random.Generator, config: SynthesisConfig) -> ClipP
     low = int(np.ceil(config.stride_min * tau))
     high = max(low + 1, int(np.ceil(config.stride_max * tau)))  # exclusive
     return ClipParams(tau=tau, stride=int(rng.integers(low, high)))
+
+
+class ClipSchedule:
+    """The clips of one video in order, each drawn from ``rng`` when first reached, and the source
+    frames they read.
+
+    A video is cut into clips of ``config.clip_frames`` outputs, each with its own tau and T (the
+    last clip may end early with the video). Taking the clips' parameters from here, in order, gives
+    the same clips as drawing them one after another with ``draw_clip_params``, and lets the decoder
+    be told ahead which frames Eq. 1 never reads (``uses``): the T - tau frames between exposures.
+    """
+
+    def __init__(self, rng: np.random.Generator, config: SynthesisConfig) -> None:
+        self._rng, self._config = rng, config
+        self._clips: list[ClipParams] = []
+        self._starts = [0]  # source frame where each clip starts; the last entry is where the next would
+
+    def params(self, clip: int) -> ClipParams:
+        while len(self._clips) <= clip:
+            params = draw_clip_params(self._rng, self._config)
+            self._clips.append(params)
+            self._starts.append(self._starts[-1] + params.source_frames(self._config.clip_frames))
+        return self._clips[clip]
+
+    def uses(self, index: int) -> bool:
+        """Whether source frame ``index`` (0-based) falls in an exposure of its clip."""
+        while self._starts[-1] <= index:
+            self.params(len(self._clips))
+        clip = bisect.bisect_right(self._starts, index) - 1
+        params = self._clips[clip]
+        return (index - self._starts[clip]) % params.stride < params.tau
 
 
 def _to_linear(gamma: float) -> np.ndarray:
@@ -246,6 +286,7 @@ def synthesize_clip(
     ``av.VideoFrame`` objects that ``to_rgb`` turns into arrays: the T - tau frames between
     exposures are never converted, and plain averaging of 8-bit planar YUV sums the planes and
     converts one frame per exposure (see ``_PlaneAccumulator``); linear light converts every frame.
+    A frame between exposures may be ``None`` (one the decoder dropped: ``ClipSchedule.uses``).
     """
     accumulator: _Accumulator | _PlaneAccumulator | None = None
     sharp: np.ndarray | None = None
@@ -255,6 +296,8 @@ def synthesize_clip(
     for position, frame in enumerate(frames):
         phase = position % params.stride
         if phase < params.tau:
+            if frame is None:
+                raise RuntimeError(f"source frame {position} of the clip is in an exposure, but the decoder dropped it")
             if accumulator is None:
                 pixel_format = getattr(getattr(frame, "format", None), "name", None)
                 planar = to_rgb is not None and not linear_light and pixel_format in _PLANAR_8BIT

@@ -214,34 +214,119 @@ def _check_complete(info: VideoInfo, decoded: int) -> None:
         )
 
 
+class _IrregularTimestampsError(Exception):
+    """The timestamps do not say which frames the decoder dropped: decode again without dropping."""
+
+
+def _decode_dropping(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, needed: Callable[[int], bool]
+) -> Iterator[av.VideoFrame | None]:
+    """Decoded frames in presentation order, ``None`` in the place of each frame the decoder dropped.
+
+    A packet whose frame (numbered by its timestamp on the stream's frame grid) is not ``needed``
+    is decoded with ``skip_frame=NONREF``: the decoder drops it when no other frame refers to it
+    (in H.264 with B-frames, about half of all frames, each about two thirds the cost of an
+    average one) and decodes it otherwise. Which frames were dropped shows in the timestamps of
+    those that come out, in presentation order: every gap must be frames offered for dropping.
+    When it is not (timestamps off the grid, a missing frame, a decoder that drops something
+    else), ``_IrregularTimestampsError`` is raised before anything wrong is yielded.
+    """
+    context = stream.codec_context
+    rate, time_base = stream.average_rate, stream.time_base
+    step = 1 / (Fraction(rate) * Fraction(time_base)) if rate and time_base else Fraction(1, 2)
+    if step.denominator != 1:  # no integer frame grid (variable or odd rates): decode everything
+        yield from container.decode(stream)
+        return
+    origin: int | None = None  # timestamp of frame 0
+    offered: set[int] = set()  # frames the decoder was allowed to drop, not yet accounted for
+    position = 0  # frames (and drops) yielded so far
+
+    def index_of(pts: int | None) -> int | None:
+        if pts is None or origin is None or pts < origin or (pts - origin) % step:
+            return None
+        return (pts - origin) // int(step)
+
+    for packet in container.demux(stream):
+        index = index_of(packet.pts)
+        drop = index is not None and index >= position and not needed(index)
+        if drop:
+            offered.add(index)
+        context.skip_frame = "NONREF" if drop else "DEFAULT"
+        for frame in context.decode(packet):
+            if origin is None and frame.pts is not None:
+                origin = frame.pts
+            index = index_of(frame.pts)
+            if index is None:
+                if offered:
+                    raise _IrregularTimestampsError
+                index = position
+            if index < position or any(missing not in offered for missing in range(position, index)):
+                raise _IrregularTimestampsError
+            for missing in range(position, index):
+                offered.discard(missing)
+                yield None
+            offered.discard(index)
+            position = index + 1
+            yield frame
+    tail = sorted(offered)  # offered and never decoded: dropped at the end of the stream
+    if tail != list(range(position, position + len(tail))):
+        raise _IrregularTimestampsError
+    yield from (None for _ in tail)
+
+
 def read_frames(
-    source: Source, *, name: str | None = None, threads: int | None = None, rgb: bool = True
-) -> Iterator[np.ndarray]:
+    source: Source,
+    *,
+    name: str | None = None,
+    threads: int | None = None,
+    rgb: bool = True,
+    needed: Callable[[int], bool] | None = None,
+) -> Iterator[np.ndarray | av.VideoFrame | None]:
     """Yield every frame as RGB uint8 (H, W, 3), streaming; errors name the file (or ``name``).
 
     ``threads`` caps the decoder's threads (default: FFmpeg's choice), e.g. 1 inside a Ray task
     that reserved one CPU, so parallel tasks do not oversubscribe the cores. ``rgb=False`` yields
     the decoded ``av.VideoFrame`` objects instead, for callers that convert only the frames they
     use (``frame_to_rgb``): each conversion costs about a fifth of decoding.
+
+    ``needed(index)`` (0-based frame number) lets the decoder skip the frames the caller will not
+    use: such a frame may come back as ``None`` in its place (when the codec can drop it: see
+    ``_decode_dropping``), every other frame comes back as without ``needed``. A video whose
+    timestamps do not show which frames were dropped is decoded again from the start without
+    dropping, passing over the frames already yielded.
     """
     name = name or _name(source)
-    with _open_input(source, name) as container:
-        stream = _video_stream(container, name)
-        stream.thread_type = "AUTO"
-        if threads is not None:
-            stream.codec_context.thread_count = threads
-        info = _info(container, stream, name)
-        decoded = 0
-        size: tuple[int, int] | None = None
-        try:
-            for frame in container.decode(stream):
-                size = size or (frame.width, frame.height)
-                _check_size(name, decoded, frame, size)
-                decoded += 1
-                yield _to_rgb(frame) if rgb else frame
-        except av.FFmpegError as exc:
-            raise VideoError(f"{name}: corrupt video at frame {decoded} ({_reason(exc)})") from exc
-        _check_complete(info, decoded)
+    # Decoding again needs the source from its start: a path, or a seekable file.
+    dropping = needed is not None and (isinstance(source, str | os.PathLike) or source.seekable())
+    yielded = 0
+    while True:
+        with _open_input(source, name) as container:
+            stream = _video_stream(container, name)
+            stream.thread_type = "AUTO"
+            if threads is not None:
+                stream.codec_context.thread_count = threads
+            info = _info(container, stream, name)
+            decoded = 0
+            size: tuple[int, int] | None = None
+            frames = _decode_dropping(container, stream, needed) if dropping else container.decode(stream)
+            try:
+                for frame in frames:
+                    if frame is not None:
+                        size = size or (frame.width, frame.height)
+                        _check_size(name, decoded, frame, size)
+                    decoded += 1
+                    if decoded > yielded:  # after a restart, those already yielded are passed over
+                        yielded = decoded
+                        yield _to_rgb(frame) if rgb and frame is not None else frame
+            except _IrregularTimestampsError:
+                dropping = False
+                if not isinstance(source, str | os.PathLike):
+                    source.seek(0)
+                continue
+            except av.FFmpegError as exc:
+                raise VideoError(f"{name}: corrupt video at frame {decoded} ({_reason(exc)})") from exc
+            _check_complete(info, decoded)
+            return
 
 
 @contextlib.contextmanager

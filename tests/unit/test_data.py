@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -388,3 +389,24 @@ def test_decoded_yuv_frames_are_averaged_in_their_planes(tmp_path: Path, pix_fmt
             else:
                 difference = np.abs(blurry.astype(int) - blurry_rgb.astype(int))
                 assert difference.max() <= 2 and difference.mean() < 0.6, (difference.mean(), difference.max())
+
+
+def test_frames_between_exposures_may_go_undecoded_and_the_shards_are_eq1_of_every_frame(tmp_path: Path) -> None:
+    # B-frames (libx264's default) and T > tau: the decoder is offered the frames between exposures.
+    config = DataConfig.from_dict(
+        {"taus": [7], "stride_min": 1.5, "stride_max": 2.0, "scale": 1.0, "clip_frames": 6, "window_frames": 6}
+        | {"min_window_frames": 6, "eval_fraction": 0}
+    )
+    (task,), _ = plan_tasks(str(_video_dir(tmp_path, frames=200)), str(tmp_path / "out"), config)
+    record = process_video(task)
+    assert record["status"] == "ok", record["error"]
+    assert len(record["clips"]) >= 2 and min(c["stride"] for c in record["clips"]) > 7
+    rows = [row for uri in output_uris(record, str(tmp_path / "out")) for row in pq.read_table(uri).to_pylist()]
+    assert len(rows) == len(record["clips"])
+    for clip, row in zip(record["clips"], rows, strict=True):
+        params = ClipParams(tau=clip["tau"], stride=clip["stride"])
+        every_frame = itertools.islice(read_frames(task["uri"], rgb=False), clip["source_start"], None)
+        expected = list(synthesize_clip(every_frame, params, outputs=clip["pairs"], to_rgb=frame_to_rgb))
+        shape = (row["frames"], row["height"], row["width"], 3)
+        np.testing.assert_array_equal(np.frombuffer(row["blurry"], np.uint8).reshape(shape), [b for b, _ in expected])
+        np.testing.assert_array_equal(np.frombuffer(row["sharp"], np.uint8).reshape(shape), [s for _, s in expected])

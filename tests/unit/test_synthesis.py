@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deblur.synthesis import ClipParams, SynthesisConfig, blur_window, draw_clip_params, resize_frame, synthesize_clip
+from deblur.synthesis import (
+    ClipParams,
+    ClipSchedule,
+    SynthesisConfig,
+    blur_window,
+    draw_clip_params,
+    resize_frame,
+    synthesize_clip,
+)
 
 
 def ramp(n: int, h: int = 2, w: int = 3) -> list[np.ndarray]:
@@ -59,6 +67,38 @@ def test_clip_consumes_exactly_its_span() -> None:
     assert len(list(synthesize_clip(frames, params, outputs=3))) == 3
     assert next(frames)[0, 0, 0] == 33  # the next clip starts right after
     assert params.output_fps(240) == 20
+
+
+def test_frames_between_exposures_may_be_missing_but_not_those_inside() -> None:
+    frames: list[np.ndarray | None] = list(ramp(25))
+    params = ClipParams(tau=7, stride=11)
+    expected = list(synthesize_clip(iter(frames), params, outputs=2))
+    between = [k for k in range(25) if k % 11 >= 7]
+    for k in between:
+        frames[k] = None
+    for got, want in zip(synthesize_clip(iter(frames), params, outputs=2), expected, strict=True):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    frames[12] = None
+    with pytest.raises(RuntimeError, match=r"frame 12 .* dropped"):
+        list(synthesize_clip(iter(frames), params))
+
+
+def test_schedule_draws_the_same_clips_and_names_the_frames_they_read() -> None:
+    config = SynthesisConfig(clip_frames=4)
+    rng = np.random.default_rng(3)
+    drawn = [draw_clip_params(rng, config) for _ in range(30)]
+    schedule = ClipSchedule(np.random.default_rng(3), config)
+    # Asked about a late frame first (as a decoder running ahead does), the clips are still the same.
+    end = sum(p.source_frames(4) for p in drawn[:29])
+    assert schedule.uses(end - 1)  # the last frame of clip 28 closes its last exposure
+    assert [schedule.params(k) for k in range(30)] == drawn
+    start = 0
+    for params in drawn[:29]:
+        span = params.source_frames(4)
+        used = [schedule.uses(start + k) for k in range(span)]
+        assert used == [k % params.stride < params.tau for k in range(span)]
+        start += span
 
 
 def test_tau_and_stride_ranges() -> None:

@@ -233,18 +233,18 @@ def _decode_dropping(
     """
     context = stream.codec_context
     rate, time_base = stream.average_rate, stream.time_base
-    step = 1 / (Fraction(rate) * Fraction(time_base)) if rate and time_base else Fraction(1, 2)
-    if step.denominator != 1:  # no integer frame grid (variable or odd rates): decode everything
+    ticks = 1 / (Fraction(rate) * Fraction(time_base)) if rate and time_base else None
+    if ticks is None or ticks.denominator != 1:  # no whole number of ticks a frame: decode everything
         yield from container.decode(stream)
         return
-    origin: int | None = None  # timestamp of frame 0
+    origin: int | None = None  # timestamp of frame 0; None if it has none (then nothing is dropped)
     offered: set[int] = set()  # frames the decoder was allowed to drop, not yet accounted for
     position = 0  # frames (and drops) yielded so far
 
     def index_of(pts: int | None) -> int | None:
-        if pts is None or origin is None or pts < origin or (pts - origin) % step:
+        if pts is None or origin is None or pts < origin or (pts - origin) % ticks:
             return None
-        return (pts - origin) // int(step)
+        return int((pts - origin) // ticks)
 
     for packet in container.demux(stream):
         index = index_of(packet.pts)
@@ -253,7 +253,7 @@ def _decode_dropping(
             offered.add(index)
         context.skip_frame = "NONREF" if drop else "DEFAULT"
         for frame in context.decode(packet):
-            if origin is None and frame.pts is not None:
+            if position == 0:
                 origin = frame.pts
             index = index_of(frame.pts)
             if index is None:
@@ -297,7 +297,9 @@ def read_frames(
     """
     name = name or _name(source)
     # Decoding again needs the source from its start: a path, or a seekable file.
-    dropping = needed is not None and (isinstance(source, str | os.PathLike) or source.seekable())
+    dropping = needed is not None and (
+        isinstance(source, str | os.PathLike) or getattr(source, "seekable", lambda: False)()
+    )
     yielded = 0
     while True:
         with _open_input(source, name) as container:

@@ -16,6 +16,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from bad_inputs import CASES, build_corpus
@@ -86,7 +87,7 @@ _SEEDS: dict[str, bytes] = {}
 
 
 def _decode_all(data: bytes, path: Path) -> None:
-    """Probe and read from memory and from a file; each either works or raises VideoError."""
+    """Probe and read from memory and from a file, and as synthesis reads; each works or raises VideoError."""
     for source in (io.BytesIO(data), path):
         with contextlib.suppress(VideoError):
             probe_video(source, name="fuzz")
@@ -97,6 +98,12 @@ def _decode_all(data: bytes, path: Path) -> None:
                 assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
         except VideoError:
             pass
+    # As synthesis reads: frames it does not need may be dropped, and odd timestamps decode again.
+    try:
+        for frame in read_frames(io.BytesIO(data), name="fuzz", rgb=False, needed=lambda index: index % 3 == 0):
+            assert frame is None or isinstance(frame, av.VideoFrame)
+    except VideoError:
+        pass
 
 
 @pytest.mark.timeout(300)

@@ -180,21 +180,21 @@ def run_data_benchmark(
                     for workers in (1, 2):
                         out = f"{out_root}-{round_}-{workers}"
                         server_cpu = server.cpu_seconds()
-                        processed, elapsed = _timed(
-                            lambda out=out, workers=workers: (
-                                synthesize_dataset(
-                                    "s3://bench/raw", out, config=DataConfig(), workers=workers, cpus_per_task=1.0
-                                ).processed
-                            )
+                        started = time.perf_counter()
+                        run = synthesize_dataset(
+                            "s3://bench/raw", out, config=DataConfig(), workers=workers, cpus_per_task=1.0
                         )
+                        elapsed = time.perf_counter() - started
                         server_cpu = (server.cpu_seconds() or 0.0) - (server_cpu or 0.0)
-                        if processed != len(uris):
-                            raise RuntimeError(f"synthesis processed {processed} of {len(uris)} videos")
+                        if run.processed != len(uris):
+                            raise RuntimeError(f"synthesis processed {run.processed} of {len(uris)} videos")
+                        dropped = sum(record.get("frames_dropped", 0) for record in run.records)
                         fps = frames / elapsed
                         ratios[key, workers].append(fps / decode_fps)
                         echo(
                             f"round {round_}: synthesis to {labels[key]}, {workers} Ray worker(s): {frames} frames "
-                            f"in {elapsed:.1f} s = {fps:.0f} frames/s ({fps / decode_fps:.0%} of decode); "
+                            f"in {elapsed:.1f} s = {fps:.0f} frames/s ({fps / decode_fps:.0%} of decode; "
+                            f"{dropped} of the frames, read by no exposure, not decoded); "
                             f"S3 server CPU {server_cpu:.1f} s"
                         )
                 # The same synthesis without Ray, to memory: how far two processes scale on this

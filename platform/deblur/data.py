@@ -358,6 +358,15 @@ def _delete_objects(uris: list[str]) -> None:
             continue
 
 
+def _counting_drops(frames: Iterator[Any], record: dict[str, Any]) -> Iterator[Any]:
+    """``frames`` unchanged; ``record["frames_dropped"]`` counts those the decoder dropped (None)."""
+    record["frames_dropped"] = 0
+    for frame in frames:
+        if frame is None:
+            record["frames_dropped"] += 1
+        yield frame
+
+
 def process_video(task: dict[str, Any]) -> dict[str, Any]:
     """Synthesize one video (a row of the job's task list) and return its manifest record.
 
@@ -396,7 +405,10 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
             # The decoder may drop frames no exposure reads instead of decoding them. On the benchmark's
             # corpus (240 fps H.264 with B-frames) at the default tau and T, 41% of the frames are
             # unused and half of those are dropped: synthesis in one process takes 8% less time.
-            frames = read_frames(handle, name=uri, threads=task.get("decode_threads"), rgb=False, needed=schedule.uses)
+            frames = _counting_drops(
+                read_frames(handle, name=uri, threads=task.get("decode_threads"), rgb=False, needed=schedule.uses),
+                record,
+            )
             source_start = 0
             for clip_index in range(1_000_000):
                 params = schedule.params(clip_index)
@@ -455,7 +467,7 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
             committer.wait()  # every output complete before the record can name it
             if split == "train":
                 record["outputs"] = [storage.relative_key(shard, out) for shard in writer.shards]
-            record["source_frames"] = source_start
+            record["source_frames"] = source_start  # frames the clips span (dropped ones included)
         if record["pairs"] == 0:
             needed = max(config.synthesis.taus) if split == "eval" else config.min_window_frames
             raise VideoError(

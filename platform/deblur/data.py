@@ -192,9 +192,9 @@ class _Committer:
     A task used to wait for each upload: 8 videos took 9.4 s with one worker writing to the local S3
     server against 6.3 s writing to memory (2026-12-04), and to a remote bucket the wait is the
     network's. Now the next shard is synthesized meanwhile. One commit runs at a time and a new
-    one first waits for it, so at most two staged files sit on local disk. ``wait`` re-raises a
-    commit's error; ``written`` gets an object's URI when its commit starts, so a failed video's
-    cleanup also deletes what an interrupted commit may have left.
+    one first waits for it, so at most two staged shards are held (in memory, for S3). ``wait``
+    re-raises a commit's error; ``written`` gets an object's URI when its commit starts, so a
+    failed video's cleanup also deletes what an interrupted commit may have left.
     """
 
     def __init__(self, *, written: list[str]) -> None:
@@ -235,10 +235,10 @@ class _Committer:
 class _ShardWriter:
     """Streams training windows into Parquet shards of about ``target_bytes``, one row group each.
 
-    A shard is staged (``storage.staged_output``) while rows go in; ``flush`` closes it and hands
-    it to ``committer``, and it becomes visible once committed (``committer.wait()``); ``abort``
-    drops a shard in progress. Rows are written as they come rather than gathered into one table,
-    so a task holds one window, not a shard, in memory.
+    A shard is staged (``storage.staged_stream``: in memory for S3, about 12 MB) while rows go in;
+    ``flush`` closes it and hands it to ``committer``, and it becomes visible once committed
+    (``committer.wait()``); ``abort`` drops a shard in progress. Rows are written as they come
+    rather than gathered into one table, so a task holds one window of arrays, not a shard's.
     """
 
     def __init__(self, prefix: str, target_bytes: int, *, committer: _Committer) -> None:
@@ -258,7 +258,7 @@ class _ShardWriter:
         if self._writer is None:
             self._uri = storage.join_uri(self.prefix, f"shard-{len(self.shards):05d}.parquet")
             self._stage = contextlib.ExitStack()
-            staged = self._stage.enter_context(storage.staged_output(self._uri, suffix=".parquet"))
+            staged = self._stage.enter_context(storage.staged_stream(self._uri))
             # No compression: camera frames barely compress losslessly and zstd would cost CPU in
             # every training epoch. No dictionary and no min/max statistics on the frame columns:
             # both scan megabytes per value for nothing (together 5x the cost of the write).

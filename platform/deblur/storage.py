@@ -394,6 +394,48 @@ def staged_output(uri: str | os.PathLike[str], *, suffix: str = "") -> Iterator[
 
 
 @contextlib.contextmanager
+def staged_stream(uri: str | os.PathLike[str]) -> Iterator[Any]:
+    """Yield a pyarrow output stream; on success what was written becomes ``uri``, on error nothing.
+
+    For s3:// the bytes are held in memory and uploaded whole when the block ends (one PUT up to
+    16 MB, multipart above): an object is complete or absent. Staging on local disk instead cost
+    page-cache writeback stalls on every object, and a second copy through the disk. Locally the
+    stream is a file beside ``uri``, renamed into place. For outputs of tens of megabytes (training
+    shards); a writer that needs a path uses ``staged_output``.
+    """
+    import pyarrow as pa
+
+    uri = str(uri)
+    if is_s3(uri):
+        sink = pa.BufferOutputStream()
+        yield sink
+        _upload_buffer(sink.getvalue(), uri)
+        return
+    dest = Path(uri)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:8]}.partial{dest.suffix}")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink:
+            yield sink
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _upload_buffer(buffer: Any, uri: str) -> None:
+    import pyarrow as pa
+    from boto3.s3.transfer import TransferConfig
+
+    bucket, key = split_s3_uri(uri)
+    config = TransferConfig(multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=_MULTIPART_THRESHOLD)
+    try:
+        # A reader over the buffer, not a copy of it: s3transfer reads, seeks and retries on it.
+        s3_client().upload_fileobj(pa.BufferReader(buffer), bucket, key, Config=config)
+    except Exception as error:
+        raise StorageError(f"cannot upload to {uri}: {error}") from error
+
+
+@contextlib.contextmanager
 def local_copy(uri: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
     """A local path with the content of ``uri`` (the file itself when it is local)."""
     uri = str(uri)

@@ -45,6 +45,22 @@ def test_staged_output_leaves_nothing_on_failure(s3_bucket: str, tmp_path: Path)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["video.mp4"]
 
 
+def test_staged_stream_writes_whole_objects_or_nothing(s3_bucket: str, tmp_path: Path) -> None:
+    # Training shards are staged in memory for S3: one PUT up to 16 MB, a multipart upload above.
+    large = bytes(range(256)) * ((17 << 20) // 256)
+    for target in (f"{s3_bucket}/train/shard.parquet", str(tmp_path / "train" / "shard.parquet")):
+        with pytest.raises(RuntimeError, match="boom"), storage.staged_stream(target) as sink:
+            sink.write(b"half")
+            raise RuntimeError("boom")
+        assert not storage.exists(target)
+        for content in (b"whole", large):
+            with storage.staged_stream(target) as sink:
+                sink.write(content[:1000])
+                sink.write(content[1000:])
+            assert storage.read_bytes(target) == content
+    assert [p.name for p in (tmp_path / "train").iterdir()] == ["shard.parquet"]
+
+
 def test_checkpoint_and_video_from_s3(s3_bucket: str, make_video, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = tiny_model()

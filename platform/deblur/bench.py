@@ -113,13 +113,13 @@ def run_data_benchmark(
 
     Every measured path reads the videos from the local S3 server over HTTP and decodes them with
     one decoder thread per video, so the ratios compare like with like. Synthesis writes about
-    50 MB of uint8 training windows per 4 s of 640x360 source, and is measured writing them to
-    three places, because on a small VM the place, not the pipeline, can set the pace:
-    a memory-backed directory (/dev/shm, where writing costs what a fast store costs), local
-    disk (page-cache writes here stall for writeback: 3-80 ms per 12 MB row), and the local S3
-    server (moto, a Python process on the same two cores as the workers, spending about one
-    CPU-second per 70 MB it receives, which a real object store does not take from the workers;
-    its CPU time is printed beside each run). Each round also runs the same synthesis in one
+    40 MB of uint8 training windows per 4 s of 640x360 source (260 MB a run with the evaluation
+    clips), and is measured writing them to three places, because on a small VM the place, not
+    the pipeline, can set the pace: a memory-backed directory (/dev/shm, where writing costs what
+    a fast store costs), local disk (page-cache writes here stall for writeback: 3-80 ms per
+    12 MB row), and the local S3 server (moto, a Python process on the same two cores as the
+    workers, spending 1.1-1.2 CPU-seconds a run, which a real object store does not take from the
+    workers; its CPU time is printed beside each run). Each round also runs the same synthesis in one
     and two plain processes without Ray: the machine's own two-process scaling of this work,
     against which the Ray figure can be read.
     """

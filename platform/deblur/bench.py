@@ -119,9 +119,9 @@ def run_data_benchmark(
     a fast store costs), local disk (page-cache writes here stall for writeback: 3-80 ms per
     12 MB row), and the local S3 server (moto, a Python process on the same two cores as the
     workers, spending 1.1-1.2 CPU-seconds a run, which a real object store does not take from the
-    workers; its CPU time is printed beside each run). Each round also runs the same synthesis in one
-    and two plain processes without Ray: the machine's own two-process scaling of this work,
-    against which the Ray figure can be read.
+    workers; its CPU time is printed beside each run). Each round also runs the same synthesis
+    in one and two plain processes without Ray: the machine's own two-process scaling of this
+    work, against which the Ray figure can be read.
     """
     import ray
 

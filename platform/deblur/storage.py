@@ -279,16 +279,20 @@ def write_bytes(uri: str | os.PathLike[str], data: bytes, *, content_type: str |
         tmp.unlink(missing_ok=True)
 
 
+def _transfer_config() -> Any:
+    """Multipart above 16 MB, in 16 MB parts, for every upload."""
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=_MULTIPART_THRESHOLD)
+
+
 def upload_file(local_path: str | os.PathLike[str], uri: str | os.PathLike[str]) -> None:
     """Copy a local file to ``uri``; multipart for large files. S3 objects appear only when complete."""
     uri = str(uri)
     if is_s3(uri):
-        from boto3.s3.transfer import TransferConfig
-
         bucket, key = split_s3_uri(uri)
-        config = TransferConfig(multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=_MULTIPART_THRESHOLD)
         try:
-            s3_client().upload_file(str(local_path), bucket, key, Config=config)
+            s3_client().upload_file(str(local_path), bucket, key, Config=_transfer_config())
         except Exception as error:
             raise StorageError(f"cannot upload to {uri}: {error}") from error
         return
@@ -411,26 +415,17 @@ def staged_stream(uri: str | os.PathLike[str]) -> Iterator[Any]:
         yield sink
         _upload_buffer(sink.getvalue(), uri)
         return
-    dest = Path(uri)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:8]}.partial{dest.suffix}")
-    try:
-        with pa.OSFile(str(tmp), "wb") as sink:
-            yield sink
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with staged_output(uri) as path, pa.OSFile(str(path), "wb") as sink:
+        yield sink
 
 
 def _upload_buffer(buffer: Any, uri: str) -> None:
     import pyarrow as pa
-    from boto3.s3.transfer import TransferConfig
 
     bucket, key = split_s3_uri(uri)
-    config = TransferConfig(multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=_MULTIPART_THRESHOLD)
     try:
         # A reader over the buffer, not a copy of it: s3transfer reads, seeks and retries on it.
-        s3_client().upload_fileobj(pa.BufferReader(buffer), bucket, key, Config=config)
+        s3_client().upload_fileobj(pa.BufferReader(buffer), bucket, key, Config=_transfer_config())
     except Exception as error:
         raise StorageError(f"cannot upload to {uri}: {error}") from error
 

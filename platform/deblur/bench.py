@@ -69,26 +69,36 @@ def _timed(fn: Callable[[], int]) -> tuple[int, float]:
     return count, time.perf_counter() - started
 
 
-def _start_plain_worker() -> None:
+def _start_plain_worker(warm_tasks: list[dict[str, Any]], ready: Any) -> None:
     import torch
 
-    import deblur.data  # noqa: F401  (imports paid before timing)
+    from deblur.data import process_video
 
     torch.set_num_threads(1)  # as in a Ray task holding one CPU
+    # A process's first videos pay imports (PyAV, pyarrow.parquet) and codec set-up: 0.1-0.2 s each
+    # for the first evaluation and the first training video. The Ray workers are warmed by a whole
+    # run before timing; without this, the second plain process paid them inside the timed run
+    # and two processes measured 1.72-1.77x one where warmed ones do 1.86-1.89x.
+    for task in warm_tasks:
+        process_video({**task, "out": f"{task['out']}-{os.getpid()}"})  # an output of its own
+    ready.wait(timeout=600)
 
 
-def _plain_processes_seconds(tasks: list[dict[str, Any]], processes: int) -> float:
+def _plain_processes_seconds(tasks: list[dict[str, Any]], processes: int, *, warm_tasks: list[dict[str, Any]]) -> float:
     """Wall seconds of ``process_video`` over ``tasks`` in ``processes`` plain processes (no Ray).
 
-    The pool is started and warmed before the clock starts, as the Ray runs are, and hands out
-    one video at a time, as Ray Data does: the machine's own scaling of the same work.
+    Each process first synthesizes ``warm_tasks`` (as the Ray workers are warmed by a whole run),
+    and the clock starts once all have; the pool hands out one video at a time, as Ray Data does:
+    the machine's own scaling of the same work.
     """
     import multiprocessing
 
     from deblur.data import process_video
 
-    with multiprocessing.get_context("spawn").Pool(processes, initializer=_start_plain_worker) as pool:
-        pool.map(abs, range(processes), chunksize=1)  # returns once the workers have started
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(processes + 1)
+    with context.Pool(processes, initializer=_start_plain_worker, initargs=(warm_tasks, ready)) as pool:
+        ready.wait(timeout=600)  # every process has started and run its warm-up videos
         started = time.perf_counter()
         records = pool.map(process_video, tasks, chunksize=1)
         elapsed = time.perf_counter() - started
@@ -197,6 +207,10 @@ def run_data_benchmark(
                             f"{dropped} of the frames, read by no exposure, not decoded); "
                             f"S3 server CPU {server_cpu:.1f} s"
                         )
+                        # Each run's outputs go before the next: kept, 3 rounds of 8 videos of 16 s
+                        # filled /dev/shm with 13 GB and the server's memory with 7.6 GB, and Ray's
+                        # memory monitor killed workers.
+                        storage.delete_prefix(out)
                 # The same synthesis without Ray, to memory: how far two processes scale on this
                 # machine at all (shared caches, memory bandwidth, the VM's scheduling).
                 seconds = {}
@@ -204,7 +218,12 @@ def run_data_benchmark(
                     tasks, _ = plan_tasks("s3://bench/raw", f"{memory}/plain-{round_}-{processes}", DataConfig())
                     for task in tasks:
                         task["decode_threads"] = 1
-                    seconds[processes] = _plain_processes_seconds(tasks, processes)
+                    # One evaluation and one training video: each warms a path of its own.
+                    warm = [next((t for t in tasks if t["split"] == split), None) for split in ("eval", "train")]
+                    warm = [{**t, "out": f"{memory}/plain-warm/out"} for t in warm if t is not None]
+                    seconds[processes] = _plain_processes_seconds(tasks, processes, warm_tasks=warm)
+                    storage.delete_prefix(f"{memory}/plain-{round_}-{processes}")
+                    storage.delete_prefix(f"{memory}/plain-warm")
                 plain.append(seconds[1] / seconds[2])
                 echo(
                     f"round {round_}: the same synthesis to memory in plain processes, no Ray: 1 process "

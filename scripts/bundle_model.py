@@ -1,12 +1,17 @@
 """Train the bundled default model, end to end, and write it into the package.
 
 The recipe of ``platform/deblur/weights/strcnn_dtb_m1.safetensors`` (the paper's final model,
-``strcnn_dtb`` with m = 1, preset ``cpu-small``), in the order a user would run it:
+``strcnn_dtb`` with m = 1, preset ``cpu-real``), in the order a user would run it:
 
-    deblur corpus --out WORK/raw --videos 24 --seconds 4 --seed 0
-    deblur synth WORK/raw WORK/data
-    deblur train WORK/data --storage WORK/runs --name bundled --preset cpu-small
-    deblur evaluate WORK/runs/.../model.safetensors WORK/data -o WORK/report
+    deblur corpus --out WORK/raw --videos 300 --seconds 1.6 --seed 0 --photos PHOTOS --set motion=mixed
+    deblur synth WORK/raw WORK/data          # the corpus asks for linear light, tau 7-23, degradations
+    deblur train WORK/data --storage WORK/runs --name bundled --preset cpu-real
+    deblur evaluate WORK/runs/.../model.safetensors INIT WORK/data -o WORK/report \
+        --photos PHOTOS --real-videos VIDEOS
+
+PHOTOS and VIDEOS are the real photographs and sequences in ``../shared/data/real/`` (research /
+non-commercial terms, see its README): they are read from there, never copied into the project.
+INIT is the model the run was fine-tuned from, compared on the same sets.
 
 then the trained weights are written to the package with their provenance (data recipe, preset,
 steps, the commit that trained them, the evaluation on the held-out videos) in the checkpoint's
@@ -24,6 +29,7 @@ so that a run of an hour or more survives a restart of this process.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -31,10 +37,11 @@ import sys
 import time
 from pathlib import Path
 
-CORPUS = {"videos": 24, "seconds": 4.0, "seed": 0}  # the defaults of --videos and --seconds
-PRESET = "cpu-small"
+CORPUS = {"videos": 300, "seconds": 1.6, "seed": 0}  # the defaults of --videos and --seconds
+PRESET = "cpu-real"
 RUN_NAME = "bundled"
 REPO = Path(__file__).resolve().parents[1]
+SHARED_REAL = REPO.parent / "shared" / "data" / "real"
 
 
 def _git(*args: str) -> str:
@@ -44,8 +51,11 @@ def _git(*args: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="out/bundle", help="work directory for data, runs and reports")
-    parser.add_argument("--videos", type=int, default=CORPUS["videos"], help="corpus size (24)")
-    parser.add_argument("--seconds", type=float, default=CORPUS["seconds"], help="seconds per corpus video (4)")
+    parser.add_argument("--videos", type=int, default=CORPUS["videos"], help="corpus size (300)")
+    parser.add_argument("--seconds", type=float, default=CORPUS["seconds"], help="seconds per corpus video (1.6)")
+    parser.add_argument(
+        "--real", default=str(SHARED_REAL), help="folder with photos/ and videos/ (../shared/data/real)"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training override")
     parser.add_argument(
         "--dest",
@@ -77,10 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     from deblur.checkpoint import load_checkpoint, save_checkpoint
     from deblur.config import parse_overrides
     from deblur.corpus import CorpusConfig, generate_corpus
-    from deblur.data import DataConfig, synthesize_dataset
+    from deblur.data import DataConfig, corpus_synthesis_defaults, synthesize_dataset
     from deblur.evaluate import evaluate_model, write_reports
+    from deblur.evaluate_real import no_harm, real_sequences
     from deblur.train import load_train_config, run_training
 
+    real = Path(args.real).resolve()
+    photos, real_videos = real / "photos", real / "videos"
+    if not photos.is_dir() or not real_videos.is_dir():
+        print(f"bundle_model: {real}: no photos/ and videos/ of real footage here (see --real)", file=sys.stderr)
+        return 2
     work = Path(args.work).resolve()
     raw, data, runs, report_dir = work / "raw", work / "data", work / "runs", work / "report"
     commit = _git("rev-parse", "--short=12", "HEAD")
@@ -90,20 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_overrides(args.set)
     config = load_train_config(PRESET, overrides)
 
-    corpus_cmd = f"deblur corpus --out raw --videos {args.videos} --seconds {args.seconds:g} --seed {CORPUS['seed']}"
+    corpus_cmd = (
+        f"deblur corpus --out raw --videos {args.videos} --seconds {args.seconds:g} --seed {CORPUS['seed']} "
+        "--photos ../shared/data/real/photos --set motion=mixed"
+    )
     print(f"1/4 {corpus_cmd}", flush=True)
     generate_corpus(  # resumes: keeps the videos an interrupted run of the same settings finished
         str(raw),
         videos=args.videos,
         seed=CORPUS["seed"],
-        config=CorpusConfig(seconds=args.seconds),
+        config=CorpusConfig(seconds=args.seconds, motion="mixed", photos=str(photos)),
         on_video=lambda uri: print(f"    {uri}", flush=True),
     )
 
     from deblur.cluster import connect_ray
 
     ray = connect_ray(num_cpus=os.cpu_count())
-    data_config = DataConfig()
+    data_config = DataConfig.from_dict(corpus_synthesis_defaults(str(raw)))
     print("2/4 deblur synth raw data", flush=True)
     synthesis = synthesize_dataset(str(raw), str(data), config=data_config)
     print(f"    {json.dumps(synthesis.summary)}", flush=True)
@@ -141,8 +160,24 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate_model(
         trained.model, str(data), device="cpu", label=f"strcnn_dtb m=1 ({PRESET})", on_clip=show_clip
     )
-    write_reports([report], str(report_dir))
+    reports = [report]
+    init = None if not config.init else load_checkpoint(None if config.init == "bundled" else config.init)
+    if init is not None:  # the model the run started from, on the same held-out clips
+        reports.append(evaluate_model(init.model, str(data), device="cpu", label="initial weights"))
+    write_reports(reports, str(report_dir))
     overall = report.overall
+    print("    no-harm set and real sequences", flush=True)
+    pictures = REPO / "docs" / "images" / "real"
+    checks = {
+        "no_harm": no_harm(trained.model, str(photos), device="cpu"),
+        "real": real_sequences(trained.model, str(real_videos), out=str(pictures), device="cpu"),
+    }
+    if init is not None:
+        checks["initial"] = {
+            "no_harm": no_harm(init.model, str(photos), device="cpu"),
+            "real": real_sequences(init.model, str(real_videos), device="cpu"),
+            "evaluation": {k: round(float(v), 4) for k, v in reports[1].overall.items()},
+        }
     print(
         f"    PSNR {overall['psnr']:.2f} dB (input {overall['input_psnr']:.2f}), "
         f"SSIM {overall['ssim']:.4f} (input {overall['input_ssim']:.4f}) over {overall['frames']} frames",
@@ -162,17 +197,24 @@ def main(argv: list[str] | None = None) -> int:
         "machine": describe_machine(),
         "torch_version": torch.__version__,
         "ray_version": ray.__version__,
+        "init": None
+        if init is None
+        else {"source": config.init, "sha256": hashlib.sha256(Path(init.source).read_bytes()).hexdigest()[:16]},
         "data": {
             "synthetic": True,
             "corpus": corpus_cmd,
+            "photos": "322 real photographs: Kodak24, McMaster18, BSDS500 test (200), Urban100 HR (40), "
+            "Sun-Hays80 HR (40); research / non-commercial terms (../shared/data/real/README.md)",
             "synth": "deblur synth raw data (defaults: " + json.dumps(data_config.to_dict(), sort_keys=True) + ")",
             "summary": synthesis.summary,
         },
         "evaluation": {
-            "set": "held-out source videos of the same synthesis run (the eval split)",
+            "set": "held-out videos of the same corpus, rendered from held-out photographs",
             "clips": len(report.clips),
             **{k: round(float(v), 4) for k, v in overall.items()},
+            "by_blur": {k: {m: round(float(v), 4) for m, v in s.items()} for k, s in report.by_blur.items()},
         },
+        "real_checks": _rounded(checks),
     }
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(trained.model, dest, provenance=provenance)
@@ -183,6 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     replace_marked_block(Path(args.readme), "bundle:model", describe_bundle(provenance, dest))
     print(f"rewrote the bundled model's paragraph in {args.readme}", flush=True)
     return 0
+
+
+def _rounded(value):
+    """Floats to 3 decimals throughout (the provenance is read by people); per-photo cases dropped."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items() if k != "cases"}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def describe_bundle(provenance: dict, weights: Path) -> str:

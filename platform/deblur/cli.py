@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,6 +96,8 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
     from deblur.corpus import CorpusConfig, generate_corpus
 
     values = {"seconds": args.seconds, **parse_overrides(args.set)}
+    if args.photos:
+        values["photos"] = args.photos
     config = CorpusConfig.from_dict(values)
     written = generate_corpus(
         args.out,
@@ -112,9 +114,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     import json
 
     from deblur.config import load_preset, parse_overrides
-    from deblur.data import DataConfig, synthesize_dataset
+    from deblur.data import DataConfig, corpus_synthesis_defaults, synthesize_dataset
 
-    values = load_preset(args.preset) if args.preset else {}
+    # A rendered corpus names the synthesis it was made for; a preset and --set come on top.
+    asked = corpus_synthesis_defaults(args.input_prefix)
+    if asked:
+        print(f"{args.input_prefix}: the corpus asks for {json.dumps(asked)}", file=sys.stderr)
+    values = {**asked, **(load_preset(args.preset) if args.preset else {})}
     config = DataConfig.from_dict({**values, **parse_overrides(args.set)})
     run = synthesize_dataset(
         args.input_prefix, args.output_prefix, config=config, workers=args.workers, cpus_per_task=args.cpus_per_task
@@ -307,6 +313,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             )
         )
     written = write_reports(reports, args.out)
+    if args.photos or args.real_videos:
+        _evaluate_real(args)
     for report in reports:
         o = report.overall
         print(
@@ -316,6 +324,37 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
     print(f"report: {written['markdown']}", file=sys.stderr)
     return 0
+
+
+def _evaluate_real(args: argparse.Namespace) -> None:
+    """The no-harm set and the real sequences: ``OUT/real.md``, ``OUT/real.json``, side-by-side PNGs."""
+    import json
+
+    from deblur import storage
+    from deblur.checkpoint import load_checkpoint
+    from deblur.evaluate_real import no_harm, no_harm_markdown, real_sequences, real_sequences_markdown
+
+    lines, payload = ["# Real photographs and real footage", ""], {}
+    for source in args.checkpoints:
+        loaded = load_checkpoint(None if source == "bundled" else source)
+        label = Path(str(loaded.source)).name
+        entry: dict[str, Any] = {}
+        if args.photos:
+            entry["no_harm"] = no_harm(loaded.model, args.photos, precision=args.precision, device=args.device)
+            lines += [*no_harm_markdown(entry["no_harm"], label), ""]
+        if args.real_videos:
+            pictures = storage.join_uri(args.out, "real", label.removesuffix(".safetensors"))
+            entry["real"] = real_sequences(
+                loaded.model, args.real_videos, out=pictures, precision=args.precision, device=args.device
+            )
+            lines += [*real_sequences_markdown(entry["real"], label), ""]
+        payload[source] = entry
+    text = "\n".join(lines)
+    storage.write_bytes(storage.join_uri(args.out, "real.md"), text.encode(), content_type="text/markdown")
+    storage.write_bytes(
+        storage.join_uri(args.out, "real.json"), json.dumps(payload, indent=1).encode(), content_type="application/json"
+    )
+    print(text)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -386,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--videos", type=int, default=8, help="number of videos (8)")
     corpus.add_argument("--seconds", type=float, default=2.0, help="length of each video (2.0)")
     corpus.add_argument("--seed", type=int, default=0, help="the corpus is a pure function of the seed (0)")
+    corpus.add_argument(
+        "--photos",
+        help="folder or s3:// prefix of photographs to render scenes from (default: scikit-image's samples); "
+        "held-out photographs make held-out videos",
+    )
     corpus.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a CorpusConfig setting")
     corpus.add_argument("-q", "--quiet", action="store_true")
     corpus.set_defaults(func=_cmd_corpus)
@@ -478,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="score only the first N clips")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
     evaluate.add_argument("--precision", choices=["fp32", "int8", "bf16", "fp16"], default="fp32")
+    evaluate.add_argument(
+        "--photos", help="folder of real photographs: the no-harm set (static clips of the held-out ones)"
+    )
+    evaluate.add_argument(
+        "--real-videos", help="folder of real frame sequences (one folder each): output against input, side by side"
+    )
     evaluate.add_argument("-q", "--quiet", action="store_true")
     evaluate.set_defaults(func=_cmd_evaluate)
 

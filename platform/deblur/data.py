@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from deblur import storage
+from deblur.degrade import degrade_pairs, draw_degradation
 from deblur.storage import VIDEO_PATTERNS
 from deblur.synthesis import ClipParams, ClipSchedule, SynthesisConfig, synthesize_clip
 
@@ -378,6 +379,7 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
 
     config = DataConfig.from_dict(task["config"])
     uri, video_id, split, out = task["uri"], task["video_id"], task["split"], task["out"]
+    motion = task.get("motion") if "camera_px_per_frame" in task.get("motion", {}) else None
     record: dict[str, Any] = {
         "video": uri,
         "video_id": video_id,
@@ -416,7 +418,7 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
                 blurry: list[np.ndarray] = []
                 sharp: list[np.ndarray] = []
                 window_start = 0
-                for b, s in synthesize_clip(
+                pairs = synthesize_clip(
                     frames,
                     params,
                     outputs=config.synthesis.clip_frames,
@@ -424,7 +426,16 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
                     gamma=config.synthesis.gamma,
                     scale=config.synthesis.scale,
                     to_rgb=frame_to_rgb,
-                ):
+                )
+                degradation = None
+                if config.synthesis.degrade:
+                    # Its own generator: the clip schedule's draws (and so the decoder's plan) stay as they are.
+                    degrade_rng = np.random.default_rng(
+                        [config.seed, int(_unit_hash("degrade", video_id) * 2**32), clip_index]
+                    )
+                    degradation = draw_degradation(degrade_rng)
+                    pairs = degrade_pairs(pairs, degradation, rng=degrade_rng, gamma=config.synthesis.gamma)
+                for b, s in pairs:
                     blurry.append(b)
                     sharp.append(s)
                     if split == "train" and len(blurry) - window_start == config.window_frames:
@@ -457,6 +468,8 @@ def process_video(task: dict[str, Any]) -> dict[str, Any]:
                             "source_end": source_start + params.source_frames(outputs),
                             "pairs": kept,
                             "output_fps": str(params.output_fps(info.fps)),
+                            **({"degradation": degradation.to_dict()} if degradation else {}),
+                            **(_clip_blur(motion, params.tau, config.synthesis.scale) if motion else {}),
                         }
                     )
                     record["pairs"] += kept
@@ -531,14 +544,54 @@ def _existing_records(out: str) -> dict[str, dict[str, Any]]:
     return records
 
 
+def read_corpus_manifest(input_prefix: str) -> dict[str, Any]:
+    """The ``corpus.json`` that ``deblur corpus`` wrote beside its videos, or ``{}``."""
+    uri = storage.join_uri(input_prefix, "corpus.json")
+    if not storage.exists(uri):
+        return {}
+    try:
+        return json.loads(storage.read_bytes(uri))
+    except ValueError:
+        return {}
+
+
+def corpus_synthesis_defaults(input_prefix: str) -> dict[str, Any]:
+    """The synthesis settings a rendered corpus asks for (``corpus.REAL_SYNTHESIS``), or ``{}``."""
+    return dict(read_corpus_manifest(input_prefix).get("synthesis", {}))
+
+
+_MOTION_KEYS = ("camera_px_per_frame", "object_px_per_frame")
+
+
+def _corpus_entries(input_prefix: str) -> dict[str, dict[str, Any]]:
+    """``{video_id: entry}`` of the videos ``corpus.json`` describes (their split and motion)."""
+    entries = read_corpus_manifest(input_prefix).get("videos", [])
+    return {video_id_for(e["video"].rstrip("/").rsplit("/", 1)[-1]): e for e in entries if "video" in e}
+
+
+def _clip_blur(motion: dict[str, Any], tau: int, scale: float) -> dict[str, float]:
+    """Blur lengths of a clip at the output size: the camera's, and the fastest object's."""
+    fastest = max(motion.get("object_px_per_frame") or [0.0])
+    return {
+        "blur_px": round(motion["camera_px_per_frame"] * tau * scale, 2),
+        "object_blur_px": round(fastest * tau * scale, 2),
+    }
+
+
 def plan_tasks(input_prefix: str, output_prefix: str, config: DataConfig) -> tuple[list[dict[str, Any]], list[dict]]:
-    """``(tasks to run, records already done)`` for a run."""
+    """``(tasks to run, records already done)`` for a run.
+
+    Videos of a corpus split by photograph keep that split (held-out scenes never reach
+    training); other videos are split by a hash of their name (``split_for``).
+    """
     uris = storage.list_files(input_prefix, patterns=config.patterns)
     if not uris:
         raise ValueError(f"{input_prefix}: no videos found (looked for {', '.join(config.patterns)})")
     ids = {uri: video_id_for(storage.relative_key(uri, input_prefix)) for uri in uris}
     done = _existing_records(output_prefix)
+    corpus = _corpus_entries(input_prefix)
     split = split_for(list(ids.values()), eval_fraction=config.eval_fraction, seed=config.seed)
+    split.update({v: corpus[v]["split"] for v in ids.values() if corpus.get(v, {}).get("split") in ("train", "eval")})
     digest, done_digests = config_digest(config), _digests_of_done(config)
     tasks, finished = [], []
     for uri, video_id in ids.items():
@@ -564,6 +617,8 @@ def plan_tasks(input_prefix: str, output_prefix: str, config: DataConfig) -> tup
                 "out": output_prefix,
                 "config": config.to_dict(),
                 "decode_threads": None,
+                # The rendered motion (from corpus.json), so that clips can say how long their blur is.
+                "motion": {k: corpus[video_id][k] for k in _MOTION_KEYS if k in corpus.get(video_id, {})},
             }
         )
     # Longest first, so no worker is left with one long video at the end while the others idle:

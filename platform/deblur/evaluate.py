@@ -17,6 +17,7 @@ their curves share one plot, as in Fig. 5. Pure NumPy/PyTorch; no Ray.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import defaultdict
@@ -81,6 +82,21 @@ class ClipScore:
     input_ssim: list[float]
     temporal: list[float]  # per frame from the second on
     input_temporal: list[float]
+    blur_px: float | None = None  # the camera's blur at the output size, when the corpus recorded it
+
+
+BLUR_BINS = (0.0, 1.0, 5.0, 10.0, 15.0, 20.0, 25.0, math.inf)  # px at the output size
+
+
+def _bin_label(low: float, high: float) -> str:
+    return f"{low:g}+ px" if math.isinf(high) else f"{low:g}-{high:g} px"
+
+
+def blur_bin(blur_px: float) -> str:
+    for low, high in itertools.pairwise(BLUR_BINS):
+        if low <= blur_px < high:
+            return _bin_label(low, high)
+    return _bin_label(BLUR_BINS[-2], BLUR_BINS[-1])
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -129,6 +145,16 @@ class EvaluationReport:
             groups[clip.tau].append(clip)
         return {tau: _summarize(clips) for tau, clips in sorted(groups.items())}
 
+    @property
+    def by_blur(self) -> dict[str, dict[str, float]]:
+        """Summaries by the camera's blur length (px at the output size), in BLUR_BINS."""
+        groups: dict[str, list[ClipScore]] = defaultdict(list)
+        for clip in self.clips:
+            if clip.blur_px is not None:
+                groups[blur_bin(clip.blur_px)].append(clip)
+        order = [_bin_label(lo, hi) for lo, hi in itertools.pairwise(BLUR_BINS)]
+        return {label: _summarize(groups[label]) for label in order if label in groups}
+
     def temporal_curve(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean TE by frame index (over clips that reach it), output and input."""
         length = max((len(c.temporal) for c in self.clips), default=0)
@@ -145,6 +171,7 @@ class EvaluationReport:
             "overall": self.overall,
             "per_video": self.per_video,
             "by_tau": {str(k): v for k, v in self.by_tau.items()},
+            "by_blur": self.by_blur,
             "clips": [asdict(c) for c in self.clips],
         }
 
@@ -201,6 +228,7 @@ def evaluate_model(
             input_temporal=[
                 temporal_error(blurry[i - 1], blurry[i], sharp[i - 1], sharp[i]) for i in range(1, len(sharp))
             ],
+            blur_px=clip.get("blur_px"),
         )
         report.clips.append(score)
         if on_clip is not None:
@@ -243,6 +271,15 @@ def _markdown(reports: Sequence[EvaluationReport]) -> str:
         row.append(f"{first.by_tau[tau]['input_psnr']:.2f}" if tau in first.by_tau else "-")
         row += [f"{r.by_tau[tau]['psnr']:.2f}" if tau in r.by_tau else "-" for r in reports]
         lines.append("| " + " | ".join(row) + " |")
+    blurs = [label for label in first.by_blur]
+    if blurs:
+        lines += ["", "## PSNR by blur length (the camera's, at the output size)", ""]
+        lines.append("| blur | frames | input | " + " | ".join(r.model for r in reports) + " |")
+        lines.append("|---" * (3 + len(reports)) + "|")
+        for label in blurs:
+            row = [label, str(first.by_blur[label]["frames"]), f"{first.by_blur[label]['input_psnr']:.2f}"]
+            row += [f"{r.by_blur[label]['psnr']:.2f}" if label in r.by_blur else "-" for r in reports]
+            lines.append("| " + " | ".join(row) + " |")
     for r in reports:
         lines += ["", f"## Per video: {r.model}", "", "| video | frames | PSNR | input PSNR | SSIM | TE |"]
         lines.append("|---|---|---|---|---|---|")

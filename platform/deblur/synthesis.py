@@ -53,6 +53,8 @@ class SynthesisConfig:
     gamma: float = 2.2
     # Output frames per clip: each clip of a source video gets its own (tau, T).
     clip_frames: int = 32
+    # Degrade the blurry frames as a camera would (deblur.degrade: exposure, noise, H.264), per clip.
+    degrade: bool = False
 
     def __post_init__(self) -> None:
         if not self.taus or any(t < 1 or t % 2 == 0 for t in self.taus):

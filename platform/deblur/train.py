@@ -49,7 +49,12 @@ __all__ = [
 ]
 
 # Explicit registry of the shipped presets (flat YAML files inside the package).
-PRESETS: dict[str, str] = {"paper": "paper.yaml", "cpu-small": "cpu-small.yaml", "tiny": "tiny.yaml"}
+PRESETS: dict[str, str] = {
+    "paper": "paper.yaml",
+    "cpu-small": "cpu-small.yaml",
+    "cpu-real": "cpu-real.yaml",
+    "tiny": "tiny.yaml",
+}
 
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)}
 
@@ -86,6 +91,9 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0: off (the paper does not clip)
     amp: bool = True  # mixed precision where it pays: GPUs, and CPUs with AMX (choose_autocast)
     seed: int = 0
+    # Weights a new run starts from (fine-tuning): a checkpoint path or URI, "bundled" for the
+    # package's model, "" for a random initialisation. A resumed run takes its own checkpoint.
+    init: str = ""
     # bookkeeping
     log_every: int = 100
     checkpoint_every: int = 5_000
@@ -253,6 +261,22 @@ def _all_workers_agree(flag: bool, device: torch.device) -> bool:
     return bool(value.item() > 0)
 
 
+def replica_spread(model: nn.Module) -> float:
+    """Largest difference of any parameter between the workers of a DDP group (0 when alone).
+
+    DDP keeps the replicas identical (same start, averaged gradients); this measures it, with two
+    all-reduces of the parameters at the steps that report."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return 0.0
+    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
+    high, low = flat.clone(), flat.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return float((high - low).max())
+
+
 def _batch_windows(batch: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(str(k) for k in batch.get("key", [])))
 
@@ -402,6 +426,23 @@ def load_training_state(
     return int(state["step"])
 
 
+def initialise_from(model: DeblurNet, source: str) -> None:
+    """Load the weights of checkpoint ``source`` ("bundled": the package's model) into ``model``."""
+    from deblur.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        loaded = load_checkpoint(None if source == "bundled" else source)
+    except CheckpointError as error:
+        raise _DeterministicError(f"init={source}: {error}") from error
+    if loaded.config != model.config:
+        have, want = loaded.config, model.config
+        raise _DeterministicError(
+            f"init={source}: checkpoint is {have.variant} m={have.m} width={have.width}, "
+            f"the run trains {want.variant} m={want.m} width={want.width}"
+        )
+    model.load_state_dict(loaded.model.state_dict())
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop run by every Ray Train worker
 # ---------------------------------------------------------------------------------------------
@@ -487,6 +528,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             except _DeterministicError as error:
                 # Every worker loads the same checkpoint and stops here, before any collective.
                 return {"error": str(error)}
+    if checkpoint is None and config.init:
+        try:
+            initialise_from(model, config.init)
+        except _DeterministicError as error:
+            return {"error": str(error)}
     start_step = step
     device = ray.train.torch.get_device()
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -556,6 +602,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             "lr": scheduler.get_last_lr()[0],
             "samples_per_s": window_count * config.batch_size / max(elapsed, 1e-9),
             "data_wait": waited / max(elapsed, 1e-9),  # fraction of the time spent waiting for batches
+            "replica_spread": replica_spread(model),  # every worker calls it: it is collective
         }
         if since_first_log is None:
             since_first_log = {"samples": 0.0, "seconds": 0.0, "waited": 0.0}

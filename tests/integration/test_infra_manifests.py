@@ -36,7 +36,7 @@ AWS_CONFIG = ROOT / "infra" / "aws" / "cluster.yaml"
 DOCKER = ROOT / "infra" / "docker"
 LOCAL = ROOT / "infra" / "local"
 SERVE_CONFIG = ROOT / "serve" / "config.yaml"
-SERVING_MODULE = ROOT / "platform" / "deblur" / "serving.py"
+SERVING_MODULE = ROOT / "platform" / "deblur" / "serving" / "app.py"  # the ingress deployment and build_app
 DOCS = [ROOT / "docs" / "deployment.md", ROOT / "infra" / "aws" / "README.md", ROOT / "infra" / "docker" / "README.md"]
 
 # The project's images: replace OWNER when publishing (infra/docker/README.md).
@@ -313,17 +313,17 @@ def serve_configs() -> list[tuple[str, dict[str, Any]]]:
 
 
 def build_app_deployment() -> tuple[str, dict[str, Any]]:
-    """(class name, keyword arguments) of the ``@serve.deployment(...)`` in serving.build_app, from its source."""
+    """(class name, keyword arguments) of the ``@serve.deployment(...)`` in serving/app.py, from its source."""
     tree = ast.parse(SERVING_MODULE.read_text())
-    (function,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "build_app"]
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "build_app" for n in tree.body), "no build_app"
     found = [
         (node.name, decorator)
-        for node in ast.walk(function)
+        for node in tree.body
         if isinstance(node, ast.ClassDef)
         for decorator in node.decorator_list
         if isinstance(decorator, ast.Call) and ast.unparse(decorator.func) == "serve.deployment"
     ]
-    assert len(found) == 1, f"expected one @serve.deployment(...) class in build_app, found {len(found)}"
+    assert len(found) == 1, f"expected one @serve.deployment(...) class in serving/app.py, found {len(found)}"
     name, decorator = found[0]
     return name, {keyword.arg: ast.literal_eval(keyword.value) for keyword in decorator.keywords}
 
@@ -417,7 +417,7 @@ def test_clusters_that_serve_expose_its_port_and_pass_its_api_key() -> None:
 
 
 def test_serve_import_paths_name_existing_modules() -> None:
-    assert SERVING_MODULE.is_file(), "platform/deblur/serving.py is missing"
+    assert SERVING_MODULE.is_file(), "platform/deblur/serving/app.py is missing"
     paths = [app["import_path"] for _, config in serve_configs() for app in config["applications"]]
     assert paths
     for import_path in paths:
@@ -426,6 +426,8 @@ def test_serve_import_paths_name_existing_modules() -> None:
             source = ROOT / "platform" / Path(*module.split(".")).with_suffix(".py")
         else:
             source = ROOT / Path(*module.split(".")).with_suffix(".py")
+        if not source.is_file():  # a package
+            source = source.with_suffix("") / "__init__.py"
         assert source.is_file(), f"{import_path}: no module {source.relative_to(ROOT)}"
         tree = ast.parse(source.read_text())
         names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}

@@ -1,0 +1,265 @@
+"""The Ray actors behind the endpoint: one ``SessionActor`` per video in flight, one ``JobActor`` per S3 job.
+
+Actors are named and detached in namespace ``deblur``, so any ingress replica reaches them. Nothing
+here imports Ray at module level: the actors import it when they run.
+"""
+
+import re
+import tempfile
+import threading
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from deblur.serving.config import ServingConfig
+from deblur.serving.wire import ApiError, FrameLimit, check_video_limits
+
+__all__ = [
+    "JOB_PREFIX",
+    "NAMESPACE",
+    "SESSION_ID",
+    "SESSION_PREFIX",
+    "BadFrameError",
+    "JobActor",
+    "OutOfOrderError",
+    "SessionActor",
+    "SessionClosedError",
+    "SessionError",
+    "named_actors",
+    "run_job",
+]
+
+NAMESPACE = "deblur"
+SESSION_PREFIX = "deblur-session-"
+JOB_PREFIX = "deblur-job-"
+SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: anything else names no session
+
+
+class SessionError(Exception):
+    """Raised inside a session actor; carries the HTTP status the ingress answers with."""
+
+    status = 400
+
+
+class OutOfOrderError(SessionError):
+    status = 409
+
+
+class BadFrameError(SessionError):
+    status = 422
+
+
+class SessionClosedError(SessionError):
+    status = 410
+
+
+def named_actors() -> list[str]:
+    """Names of the live named actors in ``NAMESPACE`` (sessions and jobs of every application)."""
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == NAMESPACE]
+
+
+def _kill_self() -> None:
+    """Ends the calling actor for good (no restart)."""
+    import ray
+
+    ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+
+class SessionActor:
+    """One video in flight: the online engine, its recurrent state, and strict frame order."""
+
+    def __init__(self, session_id: str, config: dict[str, Any], threads: int) -> None:
+        import torch
+
+        from deblur.checkpoint import load_model
+        from deblur.engine import OnlineDeblurrer
+
+        torch.set_num_threads(max(1, threads))
+        settings = ServingConfig.from_dict(config)
+        self.session_id = session_id
+        # int8: the engine quantizes the model here, once for the whole session.
+        self.engine = OnlineDeblurrer(
+            load_model(settings.checkpoint), device=settings.device, precision=settings.precision
+        )
+        self.timeout = settings.session_timeout_s
+        self.next_seq = 0
+        self.closed: str | None = None
+        self.created = self.last_active = time.monotonic()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._watchdog, daemon=True).start()
+
+    def ready(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "m": self.engine.m,
+            "device": str(self.engine.device),
+            "precision": self.engine.precision,
+        }
+
+    def push(self, seq: int, frame: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        with self.lock:
+            self._check_open()
+            if seq != self.next_seq:
+                raise OutOfOrderError(f"session {self.session_id}: expected frame seq={self.next_seq}, got seq={seq}")
+            try:
+                ready = self.engine.push(frame)
+            except ValueError as error:
+                raise BadFrameError(f"session {self.session_id}: {error}") from error
+            self.next_seq += 1
+            self.last_active = time.monotonic()
+            first = self.engine.frames_emitted - len(ready)
+            return [(first + i, out) for i, out in enumerate(ready)]
+
+    def finish(self) -> list[tuple[int, np.ndarray]]:
+        with self.lock:
+            self._check_open()
+            first = self.engine.frames_emitted
+            tail = self.engine.finish()
+            self.closed = "closed by the client"
+            # Let this call's reply go out, then free the actor (and its GPU memory).
+            threading.Timer(2.0, _kill_self).start()
+            return [(first + i, out) for i, out in enumerate(tail)]
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "frames_received": self.engine.frames_received,
+            "frames_emitted": self.engine.frames_emitted,
+            "next_seq": self.next_seq,
+            "idle_s": round(time.monotonic() - self.last_active, 3),
+            "closed": self.closed,
+        }
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SessionClosedError(f"session {self.session_id} is {self.closed}")
+
+    def _watchdog(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.timeout / 4))
+            with self.lock:
+                if self.closed:
+                    return
+                if time.monotonic() - self.last_active > self.timeout:
+                    self.closed = f"closed after {self.timeout:g} s without frames"
+                    _kill_self()
+                    return
+
+
+def run_job(job_id: str, source: str, destination: str, config: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Deblur one S3 object into another (as ``batch.deblur_object`` does, within the endpoint's
+    limits and at its precision): the outcome, ``status`` "ok" with a record or "failed" with an error.
+
+    It runs as a Ray task with the job's CPU or GPU, so the resources are free once it returns.
+    """
+    import torch
+
+    from deblur import storage
+    from deblur.checkpoint import load_model
+    from deblur.engine import OnlineDeblurrer
+    from deblur.video import EncoderOptions, VideoError, probe_video, transform_video
+
+    settings = ServingConfig.from_dict(config)
+    torch.set_num_threads(max(1, threads))
+    started = time.perf_counter()
+    try:
+        # The limits of an upload: the header before any work, then the frames as they come (a
+        # container need not declare how many it holds).
+        with storage.open_input(source) as handle:
+            info = probe_video(handle, name=source)
+        check_video_limits(info, settings, name=source)
+        model = load_model(settings.checkpoint)
+        engine = OnlineDeblurrer(model, device=settings.device, precision=settings.precision)
+        processor = FrameLimit(engine, settings.max_frames, source)
+        with tempfile.TemporaryDirectory(prefix="deblur-job-") as tmpdir:
+            local = Path(tmpdir) / f"output{PurePosixPath(destination).suffix or '.mp4'}"
+            with storage.open_input(source) as handle:
+                encoder = EncoderOptions(crf=settings.crf)
+                result = transform_video(handle, local, processor, encoder=encoder, name=source)
+            storage.commit_file(local, destination, staging_uri=f"{destination}.staging-{job_id}")
+    except (VideoError, ApiError) as error:  # bad input or over a limit: the message names the input
+        return {"status": "failed", "error": str(error)}
+    except Exception as error:  # reported to the client, never a silent failure
+        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+    seconds = time.perf_counter() - started
+    record = {
+        "source": source,
+        "destination": destination,
+        "frames": result.frames,
+        "width": result.info.width,
+        "height": result.info.height,
+        "video_fps": str(result.info.fps),
+        "precision": settings.precision,
+        "seconds": round(seconds, 3),
+        "fps": round(result.frames / seconds, 3) if seconds > 0 else None,
+    }
+    return {"status": "ok", "record": record, "error": None}
+
+
+class JobActor:
+    """Remembers one S3 job for ``job_ttl_s`` after it ends, then removes itself.
+
+    The work is a task (``run_job``) with the job's CPU or GPU; the actor itself holds none, so a
+    finished job kept for polling costs no compute.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        source: str,
+        destination: str,
+        config: dict[str, Any],
+        threads: int,
+        resources: dict[str, float],
+    ) -> None:
+        import ray
+
+        self.ttl = ServingConfig.from_dict(config).job_ttl_s
+        self.state: dict[str, Any] = {"job_id": job_id, "status": "running", "input": source, "output": destination}
+        self.started = time.time()
+        self._work = (
+            ray.remote(run_job).options(**resources, max_retries=0).remote(job_id, source, destination, config, threads)
+        )
+        threading.Thread(target=self._wait, daemon=True).start()
+
+    def _wait(self) -> None:
+        import ray
+
+        try:
+            outcome = ray.get(self._work)
+        except Exception as error:  # the task's worker died: a failure to report, never a silent one
+            outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        self.state.update(outcome, seconds=round(time.time() - self.started, 3))
+        threading.Timer(self.ttl, _kill_self).start()
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.state)
+
+
+class RemoteProcessor:
+    """``transform_video``'s frame processor backed by a session actor (one frame in flight).
+
+    ``stats`` records each push: anything with ``add(latency_s, frames)``.
+    """
+
+    def __init__(self, actor: Any, stats: Any) -> None:
+        self.actor, self.stats = actor, stats
+        self.pushed = 0
+
+    def push(self, frame: np.ndarray) -> list[np.ndarray]:
+        import ray
+
+        started = time.perf_counter()
+        ready = ray.get(self.actor.push.remote(self.pushed, frame))
+        self.stats.add(time.perf_counter() - started, len(ready))
+        self.pushed += 1
+        return [out for _, out in ready]
+
+    def finish(self) -> list[np.ndarray]:
+        import ray
+
+        return [out for _, out in ray.get(self.actor.finish.remote())]

@@ -1,0 +1,496 @@
+"""The HTTP ingress: ``DeblurApi``, a FastAPI app under Ray Serve (autoscaled), and ``build_app``.
+
+    GET  /                              the viewer page (upload, side by side, download)
+    GET  /v1/health, /v1/ready          liveness, readiness (model loaded)
+    GET  /v1/metrics                    open sessions, frames/s, push latency (this replica)
+    POST /v1/videos                     body: a video file -> the deblurred video (streamed back)
+    GET  /v1/sample                     a synthetic blurry sample video (for the page)
+    POST /v1/jobs                       {"input": "s3://...", "output": "s3://..."} -> {"job_id"}
+    GET  /v1/jobs/{id}                  status of a job
+    POST /v1/sessions                   -> {"session_id"}
+    POST /v1/sessions/{id}/frames?seq=N body: one frame (raw RGB with width/height, or PNG/JPEG)
+                                        -> the frames that became ready (m frames behind)
+    DELETE /v1/sessions/{id}            close: the last m frames
+    WS   /v1/sessions/{id}/stream       the same stream over a WebSocket
+
+The ingress only parses, checks and routes; the work runs in the actors of ``deblur.serving.actors``.
+Importing this module imports Ray Serve: ``deblur.serving`` imports it only when an app is built.
+"""
+
+import asyncio
+import collections
+import hmac
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import ray
+
+# FastAPI reads the routes' type hints at run time (Serve wraps the methods, so string annotations
+# would not resolve): this module does not use ``from __future__ import annotations``.
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.exceptions import RayActorError
+
+from deblur.serving.actors import (
+    JOB_PREFIX,
+    NAMESPACE,
+    SESSION_ID,
+    SESSION_PREFIX,
+    JobActor,
+    RemoteProcessor,
+    SessionActor,
+    SessionError,
+    named_actors,
+)
+from deblur.serving.config import ServingConfig
+from deblur.serving.wire import (
+    API_VERSION,
+    ApiError,
+    FrameLimit,
+    check_format,
+    check_uri,
+    check_video_limits,
+    decode_frame,
+    encode_frame,
+    frames_json,
+    parse_control,
+)
+
+__all__ = ["DeblurApi", "api", "build_app"]
+
+api = FastAPI(
+    title="deblur",
+    version=API_VERSION,
+    description="Online video deblurring (STRCNN+DTB, Kim et al. ICCV 2017). "
+    "Send an API key as `X-API-Key` when the server has one.",
+)
+
+
+@api.exception_handler(ApiError)
+async def api_error(_: Request, error: ApiError) -> JSONResponse:
+    # A body cut off unread (too large, stalled): without "close" the HTTP server would keep the
+    # connection and read the rest of the upload only to discard it.
+    headers = {"Connection": "close"} if error.status in (408, 413) else None
+    return JSONResponse({"detail": error.message}, status_code=error.status, headers=headers)
+
+
+class _Stats:
+    """Push latencies and frame times of the last minute, for /v1/metrics (this replica)."""
+
+    def __init__(self) -> None:
+        self.events: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=100_000)
+        self.frames_total = 0
+
+    def add(self, latency: float, frames: int) -> None:
+        self.events.append((time.monotonic(), latency, frames))
+        self.frames_total += frames
+
+    def summary(self) -> dict[str, Any]:
+        now = time.monotonic()
+        recent = [(lat, n) for t, lat, n in self.events if now - t <= 60.0]
+        latencies = sorted(lat for lat, _ in recent)
+
+        def pct(q: float) -> float | None:
+            return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 3) if latencies else None
+
+        return {
+            "frames_total": self.frames_total,
+            "frames_per_s_last_minute": round(sum(n for _, n in recent) / 60.0, 3),
+            "push_latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "count": len(latencies)},
+        }
+
+
+async def _stream_file(path: Path, workdir: Path) -> AsyncIterator[bytes]:
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                yield chunk
+    finally:
+        _remove(workdir)
+
+
+def _remove(workdir: Path) -> None:
+    import shutil
+
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _make_sample_video() -> Path:
+    from deblur.demo import make_sample
+    from deblur.video import EncoderOptions, write_video
+
+    blurry, _, fps = make_sample(seconds=1.0, seed=7, tau=11, stride=16)
+    path = Path(tempfile.mkdtemp(prefix="deblur-sample-")) / "sample.mp4"
+    write_video(path, blurry, fps=fps, encoder=EncoderOptions(crf=16))
+    return path
+
+
+# Serve pickles the class by value when it is decorated: whatever its methods use must be defined
+# above this line.
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25},
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16},
+    max_ongoing_requests=64,
+)
+@serve.ingress(api)
+class DeblurApi:
+    """The ingress deployment; ``settings`` are a ``ServingConfig`` as a dict."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        import torch
+
+        from deblur.checkpoint import load_checkpoint
+        from deblur.engine import check_precision
+
+        self.config = ServingConfig.from_dict(settings)
+        loaded = load_checkpoint(self.config.checkpoint)  # fail at start, not per request
+        self.model_info = {
+            "variant": loaded.config.variant,
+            "m": loaded.config.m,
+            "source": loaded.source,
+            "precision": self.config.precision,
+        }
+        gpus = self.config.session_gpus
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        self.session_gpus = gpus
+        # The actors' device, as they will resolve it: int8 needs CPU actors, fp16 GPU ones.
+        device = self.config.device if self.config.device != "auto" else ("cuda" if gpus else "cpu")
+        check_precision(self.config.precision, torch.device(device))
+        # Sessions are named after the application: one application (its key, its model) never
+        # reaches another's sessions, and max_sessions counts its own.
+        self.session_prefix = f"{SESSION_PREFIX}{serve.get_replica_context().app_name}/"
+        self.threads = max(1, int(self.config.session_cpus))
+        self.stats = _Stats()
+        self.sample: Path | None = None
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _authorize(self, request: Request | WebSocket) -> None:
+        key = self.config.api_key()
+        if key is None:
+            return
+        given = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if given is None and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if given is None and isinstance(request, WebSocket):
+            given = request.query_params.get("api_key")
+        # Constant time: how long a wrong key takes must not tell how much of it was right.
+        if given is None or not hmac.compare_digest(given.encode(), key.encode()):
+            raise ApiError(401, "missing or wrong API key (send it as X-API-Key)")
+
+    def _actor_options(self, name: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "namespace": NAMESPACE,
+            "lifetime": "detached",
+            "num_cpus": self.config.session_cpus,
+            "num_gpus": self.session_gpus,
+            "max_restarts": 0,
+        }
+
+    def _count_sessions(self) -> int:
+        prefix = self.session_prefix
+        return sum(n.startswith(prefix) and bool(SESSION_ID.fullmatch(n[len(prefix) :])) for n in named_actors())
+
+    async def _open_session(self) -> tuple[str, Any, dict[str, Any]]:
+        """A started session actor and its ``ready()`` info; 503 when none can start (no actor is left)."""
+        limit = self.config.max_sessions
+        # Replicas count apart: at the same instant two of them may each take the last place.
+        if limit is not None and self._count_sessions() >= limit:
+            raise ApiError(503, f"{limit} sessions are open, the limit (max_sessions): try again later")
+        session_id = uuid.uuid4().hex
+        actor = (
+            ray.remote(SessionActor)
+            .options(**self._actor_options(self.session_prefix + session_id))
+            .remote(session_id, asdict(self.config), self.threads)
+        )
+        wait = self.config.session_start_timeout_s
+        try:
+            info = await asyncio.wait_for(actor.ready.remote(), wait)
+        except TimeoutError:
+            # Still pending (the cluster is full): never leave it to start later, unused.
+            ray.kill(actor, no_restart=True)
+            raise ApiError(
+                503,
+                f"no room for a new session: its actor ({self.config.session_cpus:g} CPU, "
+                f"{self.session_gpus:g} GPU) did not start within {wait:g} s; try again later",
+            ) from None
+        except RayActorError as error:
+            raise ApiError(503, f"a new session's actor failed to start ({error}); try again later") from error
+        except BaseException:  # e.g. the client went away: the actor is nobody's
+            ray.kill(actor, no_restart=True)
+            raise
+        return session_id, actor, info
+
+    def _session(self, session_id: str) -> Any:
+        try:
+            if not SESSION_ID.fullmatch(session_id):
+                raise ValueError(session_id)
+            return ray.get_actor(self.session_prefix + session_id, namespace=NAMESPACE)
+        except ValueError:
+            raise ApiError(
+                410, f"session {session_id} does not exist: it was closed, timed out, or its actor died"
+            ) from None
+
+    async def _call(self, session_id: str, method: str, *args: Any) -> Any:
+        actor = self._session(session_id)
+        try:
+            return await getattr(actor, method).remote(*args)
+        except SessionError as error:
+            # Ray re-raises the actor's exception wrapped; its message is on the cause.
+            cause = getattr(error, "cause", None) or error
+            raise ApiError(error.status, str(cause)) from error
+        except RayActorError as error:
+            raise ApiError(
+                410, f"session {session_id} is lost: its actor died ({type(error).__name__}); open a new session"
+            ) from error
+
+    async def _read_body(self, request: Request, limit: int, path: Path | None = None) -> bytes | int:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+        size = 0
+        chunks: list[bytes] = []
+        sink = path.open("wb") if path is not None else None
+        chunks_in = request.stream().__aiter__()
+        try:
+            while True:
+                # A client that stops sending (slow-loris) would hold the upload open forever.
+                try:
+                    chunk = await asyncio.wait_for(anext(chunks_in), self.config.upload_timeout_s)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise ApiError(
+                        408, f"no request data for {self.config.upload_timeout_s:g} s: the upload was cut off"
+                    ) from None
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+                if sink is not None:
+                    sink.write(chunk)
+                else:
+                    chunks.append(chunk)
+        finally:
+            if sink is not None:
+                sink.close()
+        return b"".join(chunks) if sink is None else size
+
+    # -- routes -------------------------------------------------------------------------
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse((resources.files("deblur") / "web" / "index.html").read_bytes())
+
+    @api.get(f"/{API_VERSION}/health")
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @api.get(f"/{API_VERSION}/ready")
+    async def ready(self) -> dict[str, Any]:
+        return {"status": "ready", "model": self.model_info, "session_gpus": self.session_gpus}
+
+    @api.get(f"/{API_VERSION}/metrics")
+    async def metrics(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        names = named_actors()
+        return {
+            "open_sessions": self._count_sessions(),  # of this application
+            "max_sessions": self.config.max_sessions,
+            "jobs": sum(n.startswith(JOB_PREFIX) for n in names),  # running, or finished and kept
+            **self.stats.summary(),
+        }
+
+    @api.post(f"/{API_VERSION}/sessions", status_code=201)
+    async def open_session(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        _, _, info = await self._open_session()
+        return {**info, "timeout_s": self.config.session_timeout_s}
+
+    @api.get(f"/{API_VERSION}/sessions/{{session_id}}")
+    async def session_status(self, session_id: str, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        return await self._call(session_id, "status")
+
+    @api.post(f"/{API_VERSION}/sessions/{{session_id}}/frames")
+    async def push_frame(
+        self,
+        session_id: str,
+        request: Request,
+        seq: int,
+        width: int | None = None,
+        height: int | None = None,
+        output: str | None = None,
+    ) -> dict[str, Any]:
+        self._authorize(request)
+        self._session(session_id)  # an unknown session is the first thing to report
+        limit = self.config.max_width * self.config.max_height * 3 + 1024
+        body = await self._read_body(request, limit)
+        assert isinstance(body, bytes)
+        kind = request.headers.get("content-type", "application/octet-stream")
+        frame = decode_frame(body, kind, width=width, height=height, config=self.config)
+        fmt = check_format(output or ("raw" if "octet-stream" in kind or "raw" in kind else "png"))
+        started = time.perf_counter()
+        ready = await self._call(session_id, "push", seq, frame)
+        self.stats.add(time.perf_counter() - started, len(ready))
+        return {"session_id": session_id, "seq": seq, "format": fmt, "frames": frames_json(ready, fmt)}
+
+    @api.delete(f"/{API_VERSION}/sessions/{{session_id}}")
+    async def close_session(self, session_id: str, request: Request, output: str = "png") -> dict[str, Any]:
+        self._authorize(request)
+        check_format(output)  # before finishing: a refused close leaves the session open
+        tail = await self._call(session_id, "finish")
+        return {"session_id": session_id, "closed": True, "format": output, "frames": frames_json(tail, output)}
+
+    @api.websocket(f"/{API_VERSION}/sessions/{{session_id}}/stream")
+    async def stream(self, websocket: WebSocket, session_id: str) -> None:
+        """Binary messages in: frames (PNG/JPEG, or raw after a {"format": "raw", ...} text
+        message); binary messages out: deblurred frames in order. Send {"type": "finish"}
+        to receive the last m frames and a {"type": "done"} message. Bad input gets a
+        {"type": "error", "status": 4xx, "detail": ...} message, then the socket closes with code
+        4000 + status (e.g. 4422) and the detail as its reason."""
+        await websocket.accept()
+        fmt, width, height, seq = "png", None, None, 0
+        try:
+            self._authorize(websocket)
+            while True:
+                message = await websocket.receive()
+                if message.get("type") == "websocket.disconnect":
+                    return
+                if message.get("text") is not None:
+                    control = parse_control(message["text"])
+                    if control.get("type") == "finish":
+                        tail = await self._call(session_id, "finish")
+                        for _, frame in tail:
+                            await websocket.send_bytes(encode_frame(frame, fmt))
+                        await websocket.send_text(json.dumps({"type": "done", "frames": seq}))
+                        await websocket.close()
+                        return
+                    fmt = control.get("format", fmt)
+                    width, height = control.get("width", width), control.get("height", height)
+                    continue
+                kind = "application/octet-stream" if fmt == "raw" else "image/png"
+                frame = decode_frame(message["bytes"], kind, width=width, height=height, config=self.config)
+                started = time.perf_counter()
+                ready = await self._call(session_id, "push", seq, frame)
+                self.stats.add(time.perf_counter() - started, len(ready))
+                seq += 1
+                for _, out in ready:
+                    await websocket.send_bytes(encode_frame(out, fmt))
+        except ApiError as error:
+            await websocket.send_text(json.dumps({"type": "error", "status": error.status, "detail": error.message}))
+            # A close reason holds at most 123 bytes of UTF-8.
+            reason = error.message.encode()[:123].decode(errors="ignore")
+            await websocket.close(code=4000 + error.status, reason=reason)
+        except WebSocketDisconnect:
+            return
+
+    @api.post(f"/{API_VERSION}/videos")
+    async def deblur_video(
+        self, request: Request, lossless: bool = False, filename: str = "video.mp4"
+    ) -> StreamingResponse:
+        """Body: a video file. Answer: the deblurred video (same frames, timing and audio)."""
+        from deblur.video import EncoderOptions, VideoError, probe_video, transform_video
+
+        self._authorize(request)
+        suffix = Path(filename).suffix.lower() or ".mp4"
+        if suffix not in {".mp4", ".mov", ".mkv", ".m4v", ".webm", ".avi", ".nut"}:
+            raise ApiError(422, f"unsupported file type {suffix!r}")
+        workdir = Path(tempfile.mkdtemp(prefix="deblur-serve-"))
+        source = workdir / f"input{suffix}"
+        # Browsers play MP4; other containers keep their own.
+        target = workdir / f"output{suffix if suffix in {'.mkv', '.mov', '.nut'} else '.mp4'}"
+        try:
+            await self._read_body(request, self.config.max_upload_bytes, source)
+            try:
+                info = await asyncio.to_thread(probe_video, source, name=filename)
+            except VideoError as error:
+                raise ApiError(422, str(error)) from error
+            check_video_limits(info, self.config, name=filename)
+            _, actor, _ = await self._open_session()
+            processor = FrameLimit(RemoteProcessor(actor, self.stats), self.config.max_frames, filename)
+            encoder = EncoderOptions(lossless=lossless, crf=self.config.crf)
+            try:
+                await asyncio.to_thread(transform_video, source, target, processor, encoder=encoder, name=filename)
+            except VideoError as error:
+                raise ApiError(422, str(error)) from error
+            except RayActorError as error:
+                raise ApiError(503, f"the actor deblurring {filename} died; try again") from error
+            finally:
+                ray.kill(actor)
+        except BaseException:
+            _remove(workdir)
+            raise
+        media = {".mkv": "video/x-matroska", ".mov": "video/quicktime", ".nut": "application/octet-stream"}
+        return StreamingResponse(
+            _stream_file(target, workdir),
+            media_type=media.get(target.suffix, "video/mp4"),
+            headers={
+                "Content-Disposition": f'attachment; filename="deblurred{target.suffix}"',
+                "Content-Length": str(target.stat().st_size),
+                "X-Deblur-Frames": str(processor.pushed),
+            },
+        )
+
+    @api.get(f"/{API_VERSION}/sample")
+    async def sample(self) -> Response:
+        if self.sample is None or not self.sample.exists():
+            self.sample = await asyncio.to_thread(_make_sample_video)
+        return Response(self.sample.read_bytes(), media_type="video/mp4")
+
+    @api.post(f"/{API_VERSION}/jobs", status_code=202)
+    async def submit_job(self, request: Request) -> dict[str, Any]:
+        from deblur import storage
+
+        self._authorize(request)
+        try:
+            body = json.loads(await self._read_body(request, 64 * 1024) or b"{}")
+        except ValueError as error:
+            raise ApiError(422, f"the body must be JSON: {error}") from error
+        if not isinstance(body, dict) or set(body) - {"input", "output"}:
+            raise ApiError(422, 'the body must be {"input": "s3://...", "output": "s3://..."}')
+        source = check_uri(body.get("input"), self.config, what="input")
+        destination = check_uri(body.get("output"), self.config, what="output")
+        if source == destination:
+            raise ApiError(422, "input and output must differ")
+        if not await asyncio.to_thread(storage.exists, source):
+            raise ApiError(404, f"input {source} does not exist")
+        # The upload limit holds for jobs too (object_version is "size:etag"); the job's actor
+        # checks the resolution and length.
+        size = int((await asyncio.to_thread(storage.object_version, source)).split(":", 1)[0])
+        if size > self.config.max_upload_bytes:
+            raise ApiError(
+                413, f"input {source} has {size} bytes, over the limit of {self.config.max_upload_bytes} bytes"
+            )
+        job_id = uuid.uuid4().hex
+        options = self._actor_options(JOB_PREFIX + job_id)
+        work = {"num_cpus": options.pop("num_cpus"), "num_gpus": options.pop("num_gpus")}
+        ray.remote(JobActor).options(**options, num_cpus=0).remote(
+            job_id, source, destination, asdict(self.config), self.threads, work
+        )
+        return {"job_id": job_id, "status": "running", "input": source, "output": destination}
+
+    @api.get(f"/{API_VERSION}/jobs/{{job_id}}")
+    async def job_status(self, job_id: str, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        try:
+            actor = ray.get_actor(JOB_PREFIX + job_id, namespace=NAMESPACE)
+            return await actor.status.remote()
+        except (ValueError, RayActorError):
+            raise ApiError(404, f"job {job_id} is unknown or expired") from None
+
+
+def build_app(args: dict[str, Any] | None = None) -> Any:
+    """Serve application builder: ``import_path: deblur.serving:build_app`` with ``args`` = ServingConfig."""
+    config = ServingConfig.from_dict(args)  # a bad setting fails here, before any replica starts
+    return DeblurApi.bind(asdict(config))

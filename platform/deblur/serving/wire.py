@@ -1,0 +1,162 @@
+"""What crosses the wire, as plain functions tested without a cluster: frames in and out, WebSocket
+control messages, S3 URIs, the limits, and ``ApiError`` (an HTTP status with a message)."""
+
+import base64
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+from deblur.serving.config import ServingConfig
+
+__all__ = [
+    "API_VERSION",
+    "FORMATS",
+    "ApiError",
+    "FrameLimit",
+    "check_format",
+    "check_uri",
+    "check_video_limits",
+    "decode_frame",
+    "encode_frame",
+    "frames_json",
+    "parse_control",
+]
+
+API_VERSION = "v1"
+FORMATS = ("raw", "png")  # how deblurred frames travel back
+
+
+class ApiError(Exception):
+    """An HTTP error with a status and a message for the client."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def decode_frame(
+    body: bytes, content_type: str, *, width: int | None, height: int | None, config: ServingConfig
+) -> np.ndarray:
+    """A pushed frame as RGB uint8 (H, W, 3): raw RGB bytes with their size, or a PNG/JPEG image."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind in ("application/octet-stream", "image/x-raw-rgb"):
+        if not width or not height or width < 1 or height < 1:
+            raise ApiError(422, "a raw RGB frame needs positive width and height query parameters")
+        _check_size(width, height, config)
+        if len(body) != width * height * 3:
+            raise ApiError(422, f"a {width}x{height} raw RGB frame has {width * height * 3} bytes, got {len(body)}")
+        return np.frombuffer(body, np.uint8).reshape(height, width, 3).copy()
+    if kind in ("image/png", "image/jpeg"):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(body)) as image:
+                _check_size(image.width, image.height, config)  # before decoding the pixels
+                return np.asarray(image.convert("RGB"))
+        except Image.DecompressionBombError as error:
+            # PIL refuses a header that declares a giant image (a few bytes can claim 10^9 pixels).
+            raise ApiError(
+                422, f"the {kind} image is too large ({error}); the limit is {config.max_width}x{config.max_height}"
+            ) from error
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            raise ApiError(422, f"not a readable {kind} image ({error})") from error
+    raise ApiError(415, f"unsupported frame type {kind!r}: use image/png, image/jpeg or application/octet-stream")
+
+
+def _check_size(width: int, height: int, config: ServingConfig) -> None:
+    if width > config.max_width or height > config.max_height:
+        raise ApiError(422, f"frame {width}x{height} exceeds the limit {config.max_width}x{config.max_height}")
+
+
+def check_video_limits(info: Any, config: ServingConfig, *, name: str) -> None:
+    """The resolution and declared length of a probed video (``VideoInfo``) against the limits (422)."""
+    try:
+        _check_size(info.width, info.height, config)
+    except ApiError as error:
+        raise ApiError(422, f"{name}: {error.message}") from None
+    if info.frames is not None and info.frames > config.max_frames:
+        raise ApiError(422, f"{name}: {info.frames} frames exceeds the limit of {config.max_frames}")
+
+
+def check_format(fmt: str | None) -> str:
+    """An output format of deblurred frames, one of ``FORMATS`` (422 otherwise)."""
+    if fmt not in FORMATS:
+        raise ApiError(422, f"output must be raw or png, got {fmt!r}")
+    return fmt
+
+
+def parse_control(text: str) -> dict[str, Any]:
+    """A WebSocket text message: ``{"type": "finish"}``, or settings ``{"format", "width", "height"}``."""
+    try:
+        control = json.loads(text)
+    except ValueError as error:
+        raise ApiError(400, f"a text message must be JSON ({error})") from error
+    if not isinstance(control, dict):
+        raise ApiError(400, f"a text message must be a JSON object, got {type(control).__name__}")
+    known = {"type", "format", "width", "height"}
+    if set(control) - known:
+        raise ApiError(422, f"unknown key(s) {sorted(set(control) - known)} in a text message; known: {sorted(known)}")
+    if control.get("type", "settings") not in ("settings", "finish"):
+        raise ApiError(422, f"type must be settings or finish, got {control['type']!r}")
+    if "format" in control:
+        check_format(control["format"])
+    for key in ("width", "height"):
+        value = control.get(key)
+        if key in control and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ApiError(422, f"{key} must be a positive integer, got {value!r}")
+    return control
+
+
+def encode_frame(frame: np.ndarray, fmt: str) -> bytes:
+    if fmt == "raw":
+        return np.ascontiguousarray(frame).tobytes()
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def frames_json(frames: list[tuple[int, np.ndarray]], fmt: str) -> list[dict[str, Any]]:
+    """Deblurred ``(index, frame)`` pairs as JSON objects, the frame base64-encoded in ``fmt``."""
+    return [
+        {
+            "index": index,
+            "width": int(frame.shape[1]),
+            "height": int(frame.shape[0]),
+            "data": base64.b64encode(encode_frame(frame, fmt)).decode("ascii"),
+        }
+        for index, frame in frames
+    ]
+
+
+def check_uri(uri: str, config: ServingConfig, *, what: str) -> str:
+    """Only s3:// URIs under an allowed prefix (a prefix match on whole path segments)."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise ApiError(422, f"{what} must be an s3:// URI, got {uri!r}")
+    if ".." in uri.split("/"):
+        raise ApiError(403, f"{what} {uri}: '..' is not allowed in keys")
+    for prefix in config.allowed_prefixes:
+        base = prefix.rstrip("/")
+        if uri == base or uri.startswith(base + "/"):
+            return uri
+    raise ApiError(403, f"{what} {uri} is outside the allowed prefixes {list(config.allowed_prefixes)}")
+
+
+class FrameLimit:
+    """A frame processor that refuses frame ``max_frames + 1`` (of a video that did not declare its length)."""
+
+    def __init__(self, processor: Any, max_frames: int, name: str) -> None:
+        self.processor, self.max_frames, self.name = processor, max_frames, name
+        self.pushed = 0
+
+    def push(self, frame: np.ndarray) -> list[np.ndarray]:
+        if self.pushed >= self.max_frames:
+            raise ApiError(422, f"{self.name}: the video has more than {self.max_frames} frames (the limit)")
+        self.pushed += 1
+        return self.processor.push(frame)
+
+    def finish(self) -> list[np.ndarray]:
+        return self.processor.finish()

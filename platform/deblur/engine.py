@@ -23,9 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deblur.model import DeblurNet, RecurrentState
+from deblur.model import DEAD_WEIGHT, DeblurNet, RecurrentState, has_dead_weights, zero_dead_weights
+from deblur.precision import PRECISIONS, check_precision, slow_precision_warning
 
+# PRECISIONS, check_precision (deblur.precision) and DEAD_WEIGHT, zero_dead_weights (deblur.model)
+# are named here too, for the callers that import them from the engine.
 __all__ = [
+    "DEAD_WEIGHT",
     "PRECISIONS",
     "OnlineDeblurrer",
     "check_precision",
@@ -91,32 +95,6 @@ def prepare_model(model: DeblurNet, device: str | torch.device | None = "auto") 
     return zero_dead_weights(copy.deepcopy(model).eval().to(device, memory_format=torch.channels_last))
 
 
-# Adam with the L2 term of Eq. 4 shrinks a weight that the data no longer moves (e.g. into a
-# channel ReLU keeps at zero) geometrically towards zero: a 2400-step model had 10% of its
-# weights below 1e-35. Such a weight changes no output (times any activation here it is far
-# below fp32's resolution of [0, 1]), but its products fall into the subnormal range, where
-# x86 CPUs take a microcode assist per operation: fp32 inference of the same run's step-1800
-# checkpoint ran 16x slower (7.9 s against 0.48 s for 3 frames of 480x270, 2 threads) than
-# with them zeroed, which gave a bit-identical output.
-DEAD_WEIGHT = 1e-30
-
-
-def zero_dead_weights(model: DeblurNet) -> DeblurNet:
-    """Set every parameter smaller in magnitude than ``DEAD_WEIGHT`` (but not zero) to zero, in place."""
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.masked_fill_(parameter.abs() < DEAD_WEIGHT, 0.0)
-    return model
-
-
-def _has_dead_weights(model: DeblurNet) -> bool:
-    return any(
-        bool(((p != 0) & (p.abs() < DEAD_WEIGHT)).any())
-        for p in model.parameters()
-        if p.is_floating_point() and p.device.type != "meta"  # meta tensors hold no values
-    )
-
-
 def _is_prepared(model: DeblurNet, device: torch.device) -> bool:
     if model.training:
         return False
@@ -125,21 +103,7 @@ def _is_prepared(model: DeblurNet, device: torch.device) -> bool:
             return False
         if tensor.dim() == 4 and not tensor.is_contiguous(memory_format=torch.channels_last):
             return False
-    return not _has_dead_weights(model)
-
-
-PRECISIONS = ("fp32", "int8", "bf16", "fp16")
-
-
-def check_precision(precision: str, device: torch.device) -> str:
-    """fp32 anywhere; int8 on CPUs (x86 quantized kernels); fp16 on CUDA; bf16 on either."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "int8" and device.type != "cpu":
-        raise ValueError("precision int8 runs on the CPU only (use fp16 or bf16 on a GPU)")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device (use int8 or bf16 on a CPU)")
-    return precision
+    return not has_dead_weights(model)
 
 
 class OnlineDeblurrer:
@@ -163,14 +127,10 @@ class OnlineDeblurrer:
         self.precision = check_precision(precision, self.device)
         if self.device.type == "cpu":
             keep_freed_memory()
-        if precision == "bf16" and self.device.type == "cpu":
-            from deblur.hardware import cpu_has_amx_bf16
-
-            if not cpu_has_amx_bf16():
-                warnings.warn(
-                    "this CPU has no AMX-BF16 tiles: bf16 will run slower than fp32 here",
-                    stacklevel=2,
-                )
+        # int8's own warning comes from quantize_model, which may also be called without an engine.
+        slow = slow_precision_warning(precision, self.device) if precision == "bf16" else None
+        if slow:
+            warnings.warn(slow, stacklevel=2)
         if precision == "int8":
             from deblur.quantize import quantize_model
 

@@ -36,26 +36,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deblur.engine import zero_dead_weights
-from deblur.hardware import read_cpu_flags
-from deblur.model import DeblurNet, ModelConfig, RecurrentState
+from deblur.model import DeblurNet, ModelConfig, RecurrentState, zero_dead_weights
+from deblur.precision import slow_precision_warning
 
-__all__ = ["Int8Model", "calibration_windows", "cpu_int8_instructions", "quantize_model"]
-
-# CPU flags (Linux /proc/cpuinfo names) of the instructions that make int8 convolutions fast:
-# 8-bit dot products (VNNI) and AMX tiles. Without them OpenVINO's int8 kernels fall back to
-# AVX2 multiply-adds: measured 1.06x over fp32 on a 2-core AVX2 EPYC, against 2.1-2.7x on a
-# Xeon with AVX-512 VNNI.
-INT8_INSTRUCTIONS = ("amx_int8", "avx512_vnni", "avx_vnni")
-
-
-def cpu_int8_instructions(cpuinfo: str | None = None) -> list[str] | None:
-    """Which of ``INT8_INSTRUCTIONS`` this CPU has (``cpuinfo``: the text of /proc/cpuinfo).
-
-    None where the flags cannot be read (no /proc/cpuinfo: not Linux).
-    """
-    flags = read_cpu_flags(cpuinfo)
-    return None if flags is None else [name for name in INT8_INSTRUCTIONS if name in flags]
+__all__ = ["Int8Model", "calibration_windows", "quantize_model"]
 
 
 class _Step(nn.Module):
@@ -227,12 +211,9 @@ def quantize_model(
     Warns (``UserWarning``) on a CPU without 8-bit dot-product instructions, where int8 runs at
     about the speed of fp32 and only costs accuracy.
     """
-    if cpu_int8_instructions() == []:
-        warnings.warn(
-            "this CPU has no int8 dot-product instructions (none of "
-            f"{', '.join(INT8_INSTRUCTIONS)}): int8 will run at about the speed of fp32 here",
-            stacklevel=2,
-        )
+    slow = slow_precision_warning("int8", torch.device("cpu"))
+    if slow:
+        warnings.warn(slow, stacklevel=2)
     float_model = zero_dead_weights(copy.deepcopy(model).cpu().eval())  # see zero_dead_weights
     windows = list(calibration) if calibration is not None else calibration_windows(float_model)
     if len(windows) < 2:

@@ -1,17 +1,18 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from deblur.bench import (
-    measure_conv_ceiling,
-    measure_model,
-    measure_step_breakdown,
-    measure_training_step,
-    replace_marked_block,
-)
+from deblur.bench import figures
+from deblur.bench.figures import Figure, perf_figures, run_perf_benchmark
+from deblur.bench.perf import measure_conv_ceiling, measure_model, measure_step_breakdown
+from deblur.bench.report import perf_table, replace_marked_block
+from deblur.bench.train import measure_training_step
 from deblur.model import DeblurNet, ModelConfig, build_model, count_macs_per_pixel
 from deblur.train import load_train_config, optimize_step
 from tiny import tiny_model
@@ -100,3 +101,99 @@ def test_training_step_benchmark_runs_the_training_step_and_counts_its_flops(mon
     assert step["gflops"] == pytest.approx(flop / step["seconds"] / 1e9)
     with pytest.raises(ValueError, match="amp=False"):
         measure_training_step(load_train_config("tiny", {"amp": True}), steps=1)
+
+
+def test_the_perf_table_has_one_row_per_figure_in_order_with_its_goal() -> None:
+    quick = perf_figures(quick=True, amx=False)
+    assert [figure.name for figure in quick] == [
+        "roofline (best of fp32 matmul, 3x3 conv)",
+        "model alone fp32 640x480",
+        "model alone fp32 1280x720",
+        "conv layers alone 640x480, each by itself (ceiling of a step)",
+        "int8 speed-up over fp32, 640x480",
+        "int8 PSNR change vs fp32 (held-out clips)",
+        "whole file 640x480 vs model alone",
+        "peak memory 1000 vs 100 frames, 160x120",
+        "100 frames 1280x720 (Table 2)",
+    ]
+    assert [figure.goal for figure in quick][1:5] == [">= 90%", ">= 90%", "", ">= 2x"]
+    with_amx = [figure.name for figure in perf_figures(quick=True, amx=True)]
+    assert with_amx[6:8] == ["bf16 (AMX) speed-up over fp32, 640x480", "bf16 PSNR change vs fp32 (held-out clips)"]
+    full = [figure.name for figure in perf_figures(quick=False, amx=False)]
+    assert full[5] == "model alone fp32 640x480, `--compile`"
+    # Training, the batch job and serving come last, in full runs only.
+    assert full[-4:] == [
+        "batch 320x240, 1 actor(s)",
+        "batch 320x240, 2 actor(s)",
+        "serving 320x240, 1 session(s)",
+        "serving 320x240, 2 session(s)",
+    ]
+    assert {name for name in full if name.startswith("training fp32")} == {
+        "training fp32, 1 worker(s)",
+        "training fp32, 2 worker(s)",
+    }
+
+
+def test_perf_run_measures_each_figure_once_in_order_and_writes_the_readme_table(monkeypatch, tmp_path) -> None:
+    measured = []
+
+    def shared(run):  # two rows from one measurement, as bf16 speed and quality are
+        measured.append("shared")
+        run.results["shared"] = {"a": 1.5, "b": -0.25}
+        return run.results["shared"]
+
+    def limit(run):
+        measured.append("limit")
+        run.results["roofline"] = {"roofline": 200.0}
+        run.echo("limit line")
+        return f"{run.roofline:.0f} GFLOP/s"
+
+    rows = [
+        Figure("limit", limit),
+        Figure("first of two", lambda run: f"{run.once('s', lambda: shared(run))['a']:.2f}x", ">= 2x"),
+        Figure("second of two", lambda run: f"{run.once('s', lambda: shared(run))['b']:+.2f} dB", ">= -0.1 dB"),
+    ]
+    monkeypatch.setattr(figures, "perf_figures", lambda quick, amx: rows)
+    monkeypatch.setattr(figures, "describe_machine", lambda: "a test machine")
+    monkeypatch.setattr(figures, "bench_model_path", lambda directory: str(directory / "model.safetensors"))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- bench:perf:begin -->\nold\n<!-- bench:perf:end -->\nrest\n")
+    printed: list[str] = []
+    results = run_perf_benchmark(quick=True, cache=str(tmp_path / "cache"), readme=str(readme), echo=printed.append)
+    assert measured == ["limit", "shared"]
+    table = results["table"]
+    assert table.splitlines()[0].startswith("Measured by `deblur bench perf` on ")
+    assert table.splitlines()[0].endswith(": a test machine.")
+    assert table.splitlines()[2:] == [
+        "| figure | measured | goal |",
+        "|---|---|---|",
+        "| limit | 200 GFLOP/s |  |",
+        "| first of two | 1.50x | >= 2x |",
+        "| second of two | -0.25 dB | >= -0.1 dB |",
+    ]
+    assert printed[0].startswith("machine: a test machine; torch threads ")
+    assert printed[1:] == ["limit line", "\n" + table, f"table written into {readme}"]
+    assert readme.read_text() == f"# x\n<!-- bench:perf:begin -->\n{table}\n<!-- bench:perf:end -->\nrest\n"
+    assert results["machine"] == "a test machine" and results["shared"] == {"a": 1.5, "b": -0.25}
+
+
+def test_perf_table_renders_markdown_with_the_machine_and_date() -> None:
+    table = perf_table("CPU X", [("a", "1 fps", ">= 2"), ("b", "2", "")], date="2026-01-02")
+    assert table == (
+        "Measured by `deblur bench perf` on 2026-01-02: CPU X.\n\n"
+        "| figure | measured | goal |\n|---|---|---|\n| a | 1 fps | >= 2 |\n| b | 2 |  |"
+    )
+
+
+def test_importing_the_bench_package_does_no_work_and_keeps_its_names() -> None:
+    # cli.py and scripts/bundle_model.py import these names from deblur.bench itself.
+    code = (
+        "import sys, deblur.bench as b; "
+        "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import'; "
+        "names = ['describe_machine', 'replace_marked_block', 'run_batch_benchmark', 'run_data_benchmark', "
+        "'run_perf_benchmark', 'run_serve_benchmark', 'run_train_benchmark', 'measure_model']; "
+        "missing = [n for n in names if not callable(getattr(b, n, None))]; assert not missing, missing"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr

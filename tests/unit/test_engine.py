@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deblur.engine import DEAD_WEIGHT, OnlineDeblurrer, deblur_frames, prepare_model
+from deblur.engine import OnlineDeblurrer, deblur_frames, prepare_model
 from deblur.hardware import cpu_has_amx_bf16
-from deblur.model import DeblurNet
+from deblur.model import DEAD_WEIGHT, DeblurNet
+from deblur.precision import slow_precision_warning
 
 TINY = {"width": 8, "feature_channels": 4, "num_blocks": 1}
 
@@ -214,3 +215,17 @@ def test_bf16_on_the_cpu_stays_close_to_fp32_and_warns_only_without_amx() -> Non
     assert warned == (not cpu_has_amx_bf16())
     # bf16 keeps 8 bits of mantissa in the convolutions; state, blending and output stay fp32.
     assert np.abs(bf16 - fp32).max() <= 3 and np.abs(bf16 - fp32).mean() < 0.5
+
+
+def test_a_precision_that_would_not_pay_on_this_cpu_is_named() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    amx = "flags\t\t: fpu avx512f avx512_vnni amx_bf16 amx_int8\n"
+    avx2 = "flags\t\t: fpu sse avx2 fma\n"
+    assert slow_precision_warning("bf16", cpu, amx) is None and slow_precision_warning("int8", cpu, amx) is None
+    assert "no AMX-BF16" in slow_precision_warning("bf16", cpu, avx2)
+    assert "no int8 dot-product" in slow_precision_warning("int8", cpu, avx2)
+    assert slow_precision_warning("fp32", cpu, avx2) is None and slow_precision_warning("bf16", gpu, avx2) is None
+    # Unreadable flags (not Linux): int8 is not warned about, bf16 is (as cpu_has_amx_bf16 says no).
+    no_flags = "model name\t: a CPU without a flags line\n"
+    assert slow_precision_warning("int8", cpu, no_flags) is None
+    assert slow_precision_warning("bf16", cpu, no_flags) is not None

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from deblur.engine import OnlineDeblurrer, deblur_frames
-from deblur.quantize import calibration_windows, cpu_int8_instructions, quantize_model
+from deblur.precision import cpu_int8_instructions
+from deblur.quantize import calibration_windows, quantize_model
 from media import pattern_frame
 from tiny import tiny_model
 

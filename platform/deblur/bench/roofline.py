@@ -1,0 +1,92 @@
+"""The device: what it is (printed with every figure) and its practical fp32 limit, the roofline.
+
+Every GFLOP/s figure of ``deblur bench perf`` is read against ``measure_roofline``: the best of a
+large matrix multiply and a 3x3 64->64 convolution, the fastest fp32 work this machine does.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["best_rate", "describe_machine", "measure_roofline"]
+
+
+def describe_machine() -> str:
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        memory = f", {pages * size / 2**30:.0f} GiB"
+    except (ValueError, OSError):
+        pass
+    # The vector width sets the fp32 roofline, int8 dot products the int8 speed-up, and AMX-BF16
+    # whether bf16 (training's autocast, --precision bf16) beats fp32.
+    from deblur.hardware import cpu_has_amx_bf16
+    from deblur.precision import cpu_int8_instructions
+
+    int8 = cpu_int8_instructions()
+    isa = torch.backends.cpu.get_cpu_capability()
+    if int8 is not None:
+        isa += f", {'/'.join(int8).upper()}" if int8 else ", no VNNI"
+        isa += ", AMX_BF16" if cpu_has_amx_bf16() else ", no AMX_BF16"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{cpu} ({isa}), {os.cpu_count()} logical CPUs{memory}, {gpu}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, {platform.system()} {platform.release()}"
+    )
+
+
+def best_rate(fn: Callable[[], None], flops: float, *, repeats: int = 5, min_time: float = 0.5) -> float:
+    """Best GFLOP/s of ``fn`` over ``repeats`` timed batches of at least ``min_time`` seconds."""
+    fn()  # warm-up: allocations, kernel selection
+    best = 0.0
+    for _ in range(repeats):
+        count, started = 0, time.perf_counter()
+        while True:
+            fn()
+            count += 1
+            elapsed = time.perf_counter() - started
+            if elapsed >= min_time:
+                break
+        best = max(best, flops * count / elapsed / 1e9)
+    return best
+
+
+def measure_roofline(echo: Callable[[str], None] = print) -> dict[str, float]:
+    """The device's practical fp32 limit: a large matrix multiply and a 3x3 64->64 convolution."""
+    import torch
+    import torch.nn.functional as F
+
+    results: dict[str, float] = {}
+    with torch.inference_mode():
+        for n in (1024, 2048, 4096):
+            a, b = torch.randn(n, n), torch.randn(n, n)
+            results[f"matmul_{n}"] = best_rate(lambda a=a, b=b: torch.mm(a, b), 2 * n**3)
+        weight = torch.randn(64, 64, 3, 3)
+        for layout, fmt in (("nchw", torch.contiguous_format), ("nhwc", torch.channels_last)):
+            x = torch.randn(1, 64, 240, 320).contiguous(memory_format=fmt)
+            w = weight.contiguous(memory_format=fmt)
+            flops = 2 * 64 * 64 * 9 * 240 * 320
+            results[f"conv3x3_{layout}"] = best_rate(lambda x=x, w=w: F.conv2d(x, w, padding=1), flops)
+    matmul = max(v for k, v in results.items() if k.startswith("matmul"))
+    conv = max(v for k, v in results.items() if k.startswith("conv"))
+    results["roofline"] = max(matmul, conv)
+    echo(
+        f"limit: fp32 matmul {matmul:.0f} GFLOP/s (best of 1024..4096), 3x3 conv 64->64 at 320x240 "
+        f"{results['conv3x3_nchw']:.0f} (NCHW) / {results['conv3x3_nhwc']:.0f} (channels-last) GFLOP/s; "
+        f"roofline {results['roofline']:.0f} GFLOP/s"
+    )
+    return results

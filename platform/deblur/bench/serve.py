@@ -1,0 +1,162 @@
+"""``deblur bench serve``: live sessions, per-frame latency p50/p99 for K concurrent sessions.
+
+Measured against the bare model step in this process, so the difference is what serving adds.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deblur.bench.inputs import bench_model_path
+from deblur.bench.roofline import describe_machine
+
+__all__ = ["run_serve_benchmark"]
+
+REPLICA_CPUS = 0.25  # the ingress replica's reservation (build_app's deployment)
+
+
+def run_serve_benchmark(
+    *,
+    sessions: tuple[int, ...] = (1, 2),
+    frames: int = 30,
+    width: int = 320,
+    height: int = 240,
+    cache: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """K concurrent live sessions over HTTP on loopback: per-frame latency p50/p99 and its overhead.
+
+    Every session actor reserves an equal share of the CPUs left beside the ingress replica, so the
+    largest K fits the machine (a session that cannot start would fail, not queue). The first two
+    pushes of each session are warm-up and not counted; with fewer than 100 samples p99 is the max,
+    and is reported as such.
+    """
+    import numpy as np
+    import ray
+    from ray import serve
+
+    from deblur.local_s3 import find_free_port
+    from deblur.serving import build_app
+
+    echo(f"machine: {describe_machine()}")
+    directory = Path(cache or tempfile.mkdtemp(prefix="deblur-bench-serve-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpoint = bench_model_path(directory)
+    rng = np.random.default_rng(0)
+    clip = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(frames)]
+    bare = _bare_step_seconds(checkpoint, clip)
+    echo(f"bare engine step at {width}x{height}, 1 thread: median {bare * 1000:.1f} ms")
+
+    results: dict[str, Any] = {"bare_ms": bare * 1000}
+    cpus = os.cpu_count() or 1
+    if frames < 3 or not sessions or min(sessions) < 1 or cpus <= REPLICA_CPUS:
+        raise ValueError(f"need frames >= 3, sessions >= 1 and more than {REPLICA_CPUS} CPU; got {frames}, {sessions}")
+    # An equal share of what the replica leaves, so that the largest K starts at once on this machine.
+    session_cpus = round(min(1.0, (cpus - REPLICA_CPUS) / max(sessions)), 4)
+    echo(f"{cpus} CPUs: ingress replica {REPLICA_CPUS} CPU, each session actor {session_cpus:g} CPU, 1 thread")
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        port = find_free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        settings = {"checkpoint": checkpoint, "device": "cpu", "session_cpus": session_cpus}
+        serve.run(build_app(settings), name="bench")
+        for k in sessions:
+            results[k] = _concurrent_sessions(f"http://127.0.0.1:{port}", clip, k, bare=bare, echo=echo)
+            results[k]["session_cpus"] = session_cpus
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+    return results
+
+
+def _bare_step_seconds(checkpoint: str, clip: list[Any]) -> float:
+    """The bare model step: the online engine in this process, one thread (as a session actor)."""
+    import numpy as np
+    import torch
+
+    from deblur.checkpoint import load_model
+    from deblur.engine import OnlineDeblurrer
+
+    torch.set_num_threads(1)
+    engine = OnlineDeblurrer(load_model(checkpoint), device="cpu")
+    times = []
+    for frame in clip:
+        started = time.perf_counter()
+        engine.push(frame)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[2:]))
+
+
+def _concurrent_sessions(
+    url: str, clip: list[Any], k: int, *, bare: float, echo: Callable[[str], None]
+) -> dict[str, Any]:
+    """``k`` sessions at once, each pushing ``clip``: latency percentiles and total frames/s."""
+    from deblur.client import DeblurClient  # imported before the clock starts
+
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    args = (DeblurClient, url, clip, latencies, errors, lock)
+    threads = [threading.Thread(target=_one_session, args=args) for _ in range(k)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"serve benchmark, {k} session(s): {len(errors)} failed: {errors[0]}")
+    samples = len(latencies)
+    p50, p99 = _percentile(latencies, 0.5), _percentile(latencies, 0.99)
+    # Below 100 samples the 99th percentile is the largest one: say so.
+    p99_label = "p99" if samples >= 100 else f"p99 (= max of {samples} samples)"
+    frames = len(clip)
+    echo(
+        f"{k} concurrent session(s): per-frame latency over {samples} pushes p50 {p50 * 1000:.1f} ms, "
+        f"{p99_label} {p99 * 1000:.1f} ms; overhead over the bare step at p50 {(p50 - bare) * 1000:+.1f} ms; "
+        f"{k * frames / elapsed:.2f} frames/s in total (with session start)"
+    )
+    return {
+        "p50_ms": p50 * 1000,
+        "p99_ms": p99 * 1000,
+        "samples": samples,
+        "p99_is_max": samples < 100,
+        "frames_per_s": k * frames / elapsed,
+    }
+
+
+def _one_session(
+    client_type: Any,
+    url: str,
+    clip: list[Any],
+    latencies: list[float],
+    errors: list[BaseException],
+    lock: threading.Lock,
+) -> None:
+    """One session through ``client_type`` (``DeblurClient``): its latencies, or its error."""
+    try:
+        with client_type(url) as client:
+            session = client.session(fmt="raw")
+            mine = []
+            for frame in clip:
+                started = time.perf_counter()
+                session.push(frame)
+                mine.append(time.perf_counter() - started)
+            session.close()
+    except BaseException as error:  # reported by the caller: a failed session is no measurement
+        with lock:
+            errors.append(error)
+        return
+    with lock:
+        latencies.extend(mine[2:])  # the first pushes include warm-up
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -72,7 +72,7 @@ class BatchConfig:
 
     def __post_init__(self) -> None:
         if self.precision != "fp32":
-            from deblur.engine import PRECISIONS  # imports torch: only when there is something to check
+            from deblur.precision import PRECISIONS
 
             if self.precision not in PRECISIONS:
                 raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -288,7 +288,8 @@ class VideoWorker:
         import torch
 
         from deblur.checkpoint import load_model
-        from deblur.engine import check_precision, resolve_device
+        from deblur.engine import resolve_device
+        from deblur.precision import check_precision
         from deblur.video import EncoderOptions
 
         if torch_threads > 0:
@@ -465,7 +466,7 @@ def _run_actors(
 
     from deblur.checkpoint import load_checkpoint
     from deblur.cluster import connect_ray
-    from deblur.engine import check_precision
+    from deblur.precision import check_precision
 
     started = time.perf_counter()
     load_checkpoint(config.checkpoint)  # fail here, once, with a clear message, not in every actor

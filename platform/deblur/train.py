@@ -33,8 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deblur.engine import zero_dead_weights
-from deblur.model import DeblurNet, ModelConfig, build_model
+from deblur.model import DeblurNet, ModelConfig, build_model, zero_dead_weights
 
 __all__ = [
     "PRESETS",

@@ -148,7 +148,7 @@ class DeblurApi:
         import torch
 
         from deblur.checkpoint import load_checkpoint
-        from deblur.engine import check_precision
+        from deblur.precision import check_precision
 
         self.config = ServingConfig.from_dict(settings)
         loaded = load_checkpoint(self.config.checkpoint)  # fail at start, not per request

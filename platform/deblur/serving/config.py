@@ -30,7 +30,7 @@ class ServingConfig:
     precision: str = "fp32"  # as `deblur video --precision`: fp32, int8 (CPU), bf16, fp16 (CUDA)
 
     def __post_init__(self) -> None:
-        from deblur.engine import PRECISIONS
+        from deblur.precision import PRECISIONS
 
         for prefix in self.allowed_prefixes:
             if not prefix.startswith("s3://") or len(prefix.rstrip("/")) <= len("s3://"):

@@ -67,7 +67,7 @@ class BatchConfig:
     preset: str = "medium"
     max_retries: int = 2  # per video, after an actor died or an unexpected error
     torch_threads: int = 0  # 0: one per reserved CPU
-    precision: str = "fp32"  # as `deblur video --precision`: fp32, int8 (CPU), bf16, fp16 (CUDA)
+    precision: str = "auto"  # as `deblur video --precision`: auto, fp32, int8 (CPU), bf16, fp16 (CUDA)
     compiled: bool = False  # as `deblur video --compile`: compiled once per actor and frame size
 
     def __post_init__(self) -> None:
@@ -265,6 +265,8 @@ def deblur_object(
             seconds=round(seconds, 3),
             fps=round(result.frames / seconds, 3) if seconds > 0 else None,
             compiled=result.compiled,
+            precision=result.precision,
+            **({"precision_note": result.precision_note} if result.precision_note else {}),
         )
     except VideoError as error:
         record.update(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import math
 import warnings
 import weakref
 from collections import deque
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from deblur.model import DEAD_WEIGHT, DeblurNet, RecurrentState, has_dead_weights, zero_dead_weights
-from deblur.precision import PRECISIONS, check_precision, slow_precision_warning
+from deblur.precision import PRECISIONS, check_precision, choose_precision, slow_precision_warning
 
 # PRECISIONS, check_precision (deblur.precision) and DEAD_WEIGHT, zero_dead_weights (deblur.model)
 # are named here too, for the callers that import them from the engine.
@@ -106,6 +107,13 @@ def _is_prepared(model: DeblurNet, device: torch.device) -> bool:
     return not has_dead_weights(model)
 
 
+# The start-up check of precision "auto": the first frames against fp32, and the least PSNR
+# between the two outputs that keeps the faster precision (bf16 and int8 stay above 55 dB on
+# the bundled model; see docs/performance.md).
+STARTUP_CHECK_FRAMES = 3
+STARTUP_CHECK_DB = 45.0
+
+
 class OnlineDeblurrer:
     """Streams RGB uint8 frames (H, W, 3) through a DeblurNet with latency m.
 
@@ -122,9 +130,23 @@ class OnlineDeblurrer:
         device: str | torch.device | None = "auto",
         precision: str = "fp32",
         compiled: bool = False,
+        check_db: float = STARTUP_CHECK_DB,
+        cpuinfo: str | None = None,
     ) -> None:
         self.device = resolve_device(device)
-        self.precision = check_precision(precision, self.device)
+        self.requested = check_precision(precision, self.device)
+        # ``auto``: the device's fastest precision, run beside fp32 on the first frames (_checked).
+        self.precision_note: str | None = None
+        self._shadow: OnlineDeblurrer | None = None
+        if precision == "auto":
+            precision, why = choose_precision(self.device, cpuinfo)
+            self.precision_note = f"precision auto: {precision} ({why})"
+            if precision != "fp32":
+                self._shadow = OnlineDeblurrer(model, device=self.device, precision="fp32", compiled=compiled)
+        self.precision = precision
+        self.check_db = check_db
+        self._check_left = STARTUP_CHECK_FRAMES
+        self._closest = math.inf
         if self.device.type == "cpu":
             keep_freed_memory()
         # int8's own warning comes from quantize_model, which may also be called without an engine.
@@ -168,6 +190,42 @@ class OnlineDeblurrer:
         return _COMPILED.get(self.model) is self._step
 
     def push(self, frame: np.ndarray) -> list[np.ndarray]:
+        if self._shadow is not None:
+            reference = self._shadow.push(frame)
+            return self._checked(self._push(frame), reference)
+        return self._push(frame)
+
+    def finish(self) -> list[np.ndarray]:
+        """Emit the frames still waiting for their future neighbours (edge repeated)."""
+        if self._shadow is not None:
+            reference = self._shadow.finish()
+            return self._checked(self._finish(), reference)
+        return self._finish()
+
+    def _checked(self, outputs: list[np.ndarray], reference: list[np.ndarray]) -> list[np.ndarray]:
+        """The start-up check of ``auto``: outputs against fp32's on the first frames. Below
+        ``check_db``, this engine becomes its fp32 twin (same frames, same state) from here on."""
+        for out, ref in zip(outputs, reference, strict=True):
+            mse = float(np.mean((out.astype(np.float32) - ref.astype(np.float32)) ** 2))
+            self._closest = min(self._closest, 10 * math.log10(255.0**2 / mse) if mse > 0 else math.inf)
+        if self._closest < self.check_db:
+            tried, closest, limit, shadow = self.precision, self._closest, self.check_db, self._shadow
+            assert shadow is not None
+            self.__dict__.update(shadow.__dict__)  # everything the fp32 twin holds: model, window, state
+            self.requested = "auto"
+            self.precision_note = (
+                f"precision auto: {tried} deviated from fp32 ({closest:.1f} dB < {limit:g} dB "
+                "on the first frames): fell back to fp32"
+            )
+            return reference
+        self._check_left -= len(outputs)
+        if self._check_left <= 0:
+            self._shadow = None
+            shown = "identical" if math.isinf(self._closest) else f"within {self._closest:.1f} dB"
+            self.precision_note = f"{self.precision_note}; first frames {shown} of fp32"
+        return outputs
+
+    def _push(self, frame: np.ndarray) -> list[np.ndarray]:
         if self._finished:
             raise RuntimeError("this engine has finished its video; create a new one per video")
         tensor = self._to_tensor(frame)
@@ -178,8 +236,7 @@ class OnlineDeblurrer:
         # Frame n = received-1-m: its window n-m..n+m ends at the newest frame.
         return [self._emit(self._received - 1 - self.m)]
 
-    def finish(self) -> list[np.ndarray]:
-        """Emit the frames still waiting for their future neighbours (edge repeated)."""
+    def _finish(self) -> list[np.ndarray]:
         if self._finished:
             return []
         self._finished = True

@@ -26,6 +26,8 @@ class DeblurResult:
     seconds: float
     info: VideoInfo
     compiled: bool = False  # the steps ran through torch.compile (asked for, and it worked)
+    precision: str = "fp32"  # what ran: "auto" resolved to the device's pick, or its fp32 fallback
+    precision_note: str | None = None  # with "auto": the pick, why, and the start-up check's outcome
 
     @property
     def fps(self) -> float:
@@ -55,5 +57,10 @@ def deblur_file(
         source, destination, engine, encoder=encoder, on_frame=on_frame, name=name
     )
     return DeblurResult(
-        frames=result.frames, seconds=time.perf_counter() - start, info=result.info, compiled=engine.runs_compiled
+        frames=result.frames,
+        seconds=time.perf_counter() - start,
+        info=result.info,
+        compiled=engine.runs_compiled,
+        precision=engine.precision,
+        precision_note=engine.precision_note,
     )

@@ -15,9 +15,18 @@ from deblur.hardware import cpu_has_amx_bf16, read_cpu_flags
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["INT8_INSTRUCTIONS", "PRECISIONS", "check_precision", "cpu_int8_instructions", "slow_precision_warning"]
+__all__ = [
+    "INT8_INSTRUCTIONS",
+    "PRECISIONS",
+    "check_precision",
+    "choose_precision",
+    "cpu_int8_instructions",
+    "slow_precision_warning",
+]
 
-PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+# "auto" picks one of the others for the device (choose_precision); the engine checks the pick
+# against fp32 on the first frames and falls back to fp32 when it deviates.
+PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
 
 # CPU flags (Linux /proc/cpuinfo names) of the instructions that make int8 convolutions fast:
 # 8-bit dot products (VNNI) and AMX tiles. Without them OpenVINO's int8 kernels fall back to
@@ -27,7 +36,7 @@ INT8_INSTRUCTIONS = ("amx_int8", "avx512_vnni", "avx_vnni")
 
 
 def check_precision(precision: str, device: torch.device) -> str:
-    """fp32 anywhere; int8 on CPUs (x86 quantized kernels); fp16 on CUDA; bf16 on either."""
+    """fp32 anywhere; int8 on CPUs (x86 quantized kernels); fp16 on CUDA; bf16 on either; auto anywhere."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "int8" and device.type != "cpu":
@@ -35,6 +44,34 @@ def check_precision(precision: str, device: torch.device) -> str:
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision fp16 needs a CUDA device (use int8 or bf16 on a CPU)")
     return precision
+
+
+def _int8_installed() -> bool:
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("openvino", "onnx", "onnxruntime"))
+
+
+def choose_precision(device: torch.device, cpuinfo: str | None = None) -> tuple[str, str]:
+    """What ``auto`` runs on ``device``, and why: the fastest precision whose output stays within
+    0.01 dB of fp32 on this kind of hardware (README, Performance).
+
+    bf16 on a GPU that has it (fp16 on others); on a CPU, bf16 with AMX-BF16 tiles, int8 with
+    8-bit dot products (VNNI) but no AMX, and fp32 elsewhere.
+    """
+    if device.type == "cuda":
+        import torch
+
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "a GPU with bf16"
+        return "fp16", "a GPU without bf16"
+    if device.type != "cpu":
+        return "fp32", f"a {device.type} device"
+    if cpu_has_amx_bf16(cpuinfo):
+        return "bf16", "the CPU has AMX-BF16 tiles"
+    if cpu_int8_instructions(cpuinfo) and _int8_installed():
+        return "int8", "the CPU has int8 dot products (VNNI) and no AMX"
+    return "fp32", "the CPU has neither AMX nor VNNI"
 
 
 def cpu_int8_instructions(cpuinfo: str | None = None) -> list[str] | None:

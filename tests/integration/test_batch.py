@@ -18,6 +18,7 @@ from deblur.batch import BatchConfig, BatchError, run_batch
 from deblur.checkpoint import save_checkpoint
 from deblur.cli import main
 from deblur.model import DeblurNet
+from deblur.precision import choose_precision
 from deblur.video import read_frames
 from media import stream_facts, write_test_video
 from tiny import tiny_model, torch_threads
@@ -97,7 +98,10 @@ def test_archive_round_trip_bad_input_and_rerun(s3_bucket: str, tmp_path: Path) 
     assert by_key["corrupt.mp4"]["error_kind"] == "input"
     escape = by_key["x/../../escape.mp4"]
     assert escape["status"] == "failed" and escape["error_kind"] == "input" and "'..' path segment" in escape["error"]
-    assert all(by_key[key]["precision"] == "fp32" for key in sources)
+    # precision "auto" by default: each record names what ran (the CPU's pick, or fp32 after a fallback).
+    picked = choose_precision(torch.device("cpu"))[0]
+    assert all(by_key[key]["precision"] in (picked, "fp32") for key in sources)
+    assert all(by_key[key]["precision_note"].startswith(f"precision auto: {picked}") for key in sources)
     manifest = json.loads(storage.read_bytes(run.manifest_uri))
     assert manifest["summary"] == {"ok": 4, "failed": 2}
     assert {v["key"] for v in manifest["videos"]} == {*sources, "corrupt.mp4", "x/../../escape.mp4"}

@@ -148,7 +148,7 @@ class DeblurApi:
         import torch
 
         from deblur.checkpoint import load_checkpoint
-        from deblur.precision import check_precision
+        from deblur.precision import check_precision, choose_precision
 
         self.config = ServingConfig.from_dict(settings)
         loaded = load_checkpoint(self.config.checkpoint)  # fail at start, not per request
@@ -165,6 +165,9 @@ class DeblurApi:
         # The actors' device, as they will resolve it: int8 needs CPU actors, fp16 GPU ones.
         device = self.config.device if self.config.device != "auto" else ("cuda" if gpus else "cpu")
         check_precision(self.config.precision, torch.device(device))
+        if self.config.precision == "auto":  # what the actors will pick (each checks it on its first frames)
+            chosen, why = choose_precision(torch.device(device))
+            self.model_info["precision_auto"] = f"{chosen} ({why})"
         # Sessions are named after the application: one application (its key, its model) never
         # reaches another's sessions, and max_sessions counts its own.
         self.session_prefix = f"{SESSION_PREFIX}{serve.get_replica_context().app_name}/"

@@ -27,7 +27,7 @@ class ServingConfig:
     allowed_prefixes: tuple[str, ...] = ()  # s3:// prefixes jobs may read and write; () = none
     job_ttl_s: float = 3600.0
     crf: int = 18
-    precision: str = "fp32"  # as `deblur video --precision`: fp32, int8 (CPU), bf16, fp16 (CUDA)
+    precision: str = "auto"  # as `deblur video --precision`: fp32, int8 (CPU), bf16, fp16 (CUDA)
 
     def __post_init__(self) -> None:
         from deblur.precision import PRECISIONS

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from deblur.checkpoint import bundled_checkpoint_path
-from deblur.local_s3 import local_object_store
+from deblur.local_s3 import LocalS3UnavailableError, local_object_store, require_local_server
+from deblur.storage import ENDPOINT_ENV
 
 BUCKET = "s3://deblur-demo"
 
@@ -57,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     if bundled_checkpoint_path() is None:
         print("deblur demo: this installation has no bundled default model", file=sys.stderr)
         return 1
+    if not os.environ.get(ENDPOINT_ENV):
+        try:
+            require_local_server()  # before minutes of work, not after
+        except LocalS3UnavailableError as error:
+            print(f"deblur demo: {error} (or set {ENDPOINT_ENV} to an S3 server)", file=sys.stderr)
+            return 1
 
     from PIL import Image
 

@@ -5,12 +5,16 @@ way they reach AWS. It keeps objects in memory (those over 64 MB in temporary fi
 check credentials: it is for local use only, never a place for data you want to keep.
 
     python -m deblur.local_s3 --port 9000        # foreground; prints the environment to export
+
+The server is moto's, from the ``local`` extra (``pip install 'deblur-platform[local]'``); without it,
+starting one is a one-line ``LocalS3UnavailableError`` that says so.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -22,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from deblur.storage import ENDPOINT_ENV
+from deblur.storage import ENDPOINT_ENV, StorageError
 
 # moto accepts any key; these only have to be present so that botocore and pyarrow sign requests.
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "deblur-local", "AWS_SECRET_ACCESS_KEY": "deblur-local-secret"}
@@ -32,6 +36,31 @@ LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "deblur-local", "AWS_SECRET_ACCESS_KEY
 # back to answer: for the 12 MB training shards that is 20% of the server's CPU time, on the cores
 # the jobs it serves run on. Objects up to 64 MB stay in memory instead.
 _SERVER_ENVIRONMENT = {"MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(64 << 20)}
+
+
+# What ``python -m moto.server`` needs: moto, and the web server of its ``server`` extra.
+_SERVER_MODULES = ("moto", "flask")
+INSTALL_HINT = "pip install 'deblur-platform[local]'"
+
+
+class LocalS3UnavailableError(StorageError):
+    """The local S3 server cannot start here: moto's server is not installed.
+
+    A ``StorageError``, so commands that start one (``deblur bench``) print it as one line."""
+
+
+def server_available() -> bool:
+    """Whether moto's standalone server can run in this environment (nothing is imported)."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in _SERVER_MODULES)
+    except (ImportError, ValueError):
+        return False
+
+
+def require_local_server() -> None:
+    """Raise ``LocalS3UnavailableError``, with the command that installs it, when moto's server is missing."""
+    if not server_available():
+        raise LocalS3UnavailableError(f"the local S3 server needs the local extra (moto[server]): {INSTALL_HINT}")
 
 
 def find_free_port() -> int:
@@ -57,6 +86,7 @@ class LocalS3Server:
         return {ENDPOINT_ENV: self.endpoint_url, "AWS_REGION": "us-east-1", **LOCAL_CREDENTIALS}
 
     def start(self, *, timeout: float = 30.0) -> LocalS3Server:
+        require_local_server()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
@@ -142,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deblur.local_s3", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("DEBLUR_LOCAL_S3_PORT", "9000")))
     args = parser.parse_args(argv)
-    server = LocalS3Server(port=args.port).start()
+    try:
+        server = LocalS3Server(port=args.port).start()
+    except LocalS3UnavailableError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 1
     for key, value in server.environment().items():
         print(f"export {key}={value}", flush=True)
     stop = False

@@ -46,10 +46,23 @@ def check_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _int8_installed() -> bool:
+INT8_PACKAGES = ("openvino", "onnx", "onnxruntime")  # the int8 extra
+
+
+def missing_int8_packages() -> list[str]:
     from importlib.util import find_spec
 
-    return all(find_spec(name) is not None for name in ("openvino", "onnx", "onnxruntime"))
+    return [name for name in INT8_PACKAGES if find_spec(name) is None]
+
+
+def require_int8_packages() -> None:
+    """A one-line ValueError naming the int8 extra where its packages are missing."""
+    missing = missing_int8_packages()
+    if missing:
+        raise ValueError(
+            f"--precision int8 needs the int8 extra ({', '.join(missing)} not installed): "
+            "pip install 'deblur-platform[int8]'"
+        )
 
 
 def choose_precision(device: torch.device, cpuinfo: str | None = None) -> tuple[str, str]:
@@ -69,7 +82,7 @@ def choose_precision(device: torch.device, cpuinfo: str | None = None) -> tuple[
         return "fp32", f"a {device.type} device"
     if cpu_has_amx_bf16(cpuinfo):
         return "bf16", "the CPU has AMX-BF16 tiles"
-    if cpu_int8_instructions(cpuinfo) and _int8_installed():
+    if cpu_int8_instructions(cpuinfo) and not missing_int8_packages():
         return "int8", "the CPU has int8 dot products (VNNI) and no AMX"
     return "fp32", "the CPU has neither AMX nor VNNI"
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from deblur.model import DeblurNet, ModelConfig, RecurrentState, zero_dead_weights
-from deblur.precision import slow_precision_warning
+from deblur.precision import require_int8_packages, slow_precision_warning
 
 __all__ = ["Int8Model", "calibration_windows", "quantize_model"]
 
@@ -211,6 +211,7 @@ def quantize_model(
     Warns (``UserWarning``) on a CPU without 8-bit dot-product instructions, where int8 runs at
     about the speed of fp32 and only costs accuracy.
     """
+    require_int8_packages()  # before calibration, which takes seconds
     slow = slow_precision_warning("int8", torch.device("cpu"))
     if slow:
         warnings.warn(slow, stacklevel=2)

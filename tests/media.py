@@ -94,3 +94,41 @@ def stream_facts(path: Path) -> dict[str, object]:
         "audio": audio,
         "audio_packets": audio_packets,
     }
+
+
+def write_h264_with_timestamps(
+    path: Path,
+    pts: list[int],
+    *,
+    dts: list[int] | None = None,
+    width: int = 48,
+    height: int = 40,
+    fps: int = 30,
+) -> Path:
+    """H.264 frames (no B-frames) muxed with the given timestamps, in units of 1/fps.
+
+    One frame per timestamp, the ``pattern_frame`` sequence in decoding order. ``dts`` defaults
+    to ``pts``. The container follows the suffix: Matroska takes repeated timestamps (and pts
+    going back while dts increase), raw ``.h264`` stores none at all, ``.ts`` gives 90 kHz ones.
+    """
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+    encoder.time_base, encoder.framerate = Fraction(1, fps), Fraction(fps)
+    encoder.options = {"bf": "0", "preset": "ultrafast"}
+    packets = []
+    for i in range(len(pts)):
+        frame = av.VideoFrame.from_ndarray(pattern_frame(i, width, height), format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        packets += encoder.encode(frame)
+    packets += encoder.encode(None)
+    assert len(packets) == len(pts)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("h264", rate=fps)
+        stream.width, stream.height = width, height
+        stream.codec_context.extradata = encoder.extradata
+        stream.time_base = Fraction(1, fps)
+        for i, packet in enumerate(packets):
+            packet.stream, packet.time_base = stream, Fraction(1, fps)
+            packet.pts, packet.dts = pts[i], pts[i] if dts is None else dts[i]
+            out.mux(packet)
+    return path

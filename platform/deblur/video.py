@@ -9,11 +9,17 @@ codec, re-encoded to AAC otherwise). It is written under a temporary name beside
 destination and renamed only when complete, so a failure never leaves a file where
 a finished one is expected. Decoding and encoding run in threads of their own beside
 the processor, linked by small bounded queues.
+
+Timestamps that repeat, go back or are missing (joined files, broken muxers, raw H.264)
+decode fine but no muxer accepts them: the writer repairs them (``_Timestamps``), keeping
+every frame and every regular timestamp, and says so in one line (a warning of the
+``deblur.video`` logger, and ``TransformResult.timestamp_repair``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import tempfile
@@ -42,6 +48,8 @@ __all__ = [
 ]
 
 Source = str | os.PathLike[str] | IO[bytes]
+
+_log = logging.getLogger(__name__)
 
 
 class VideoError(Exception):
@@ -372,6 +380,151 @@ def _container_options(path: Path) -> dict[str, str]:
     return {}
 
 
+def _rescale(value: int, source: Fraction, target: Fraction) -> int:
+    """``value`` ticks of ``source`` in ticks of ``target``, rounded as FFmpeg rounds (half away from 0)."""
+    num = value * source.numerator * target.denominator
+    den = source.denominator * target.numerator
+    half = den // 2
+    return (num + half) // den if num >= 0 else -((-num + half) // den)
+
+
+class _Timestamps:
+    """Strictly increasing timestamps for frames whose own may repeat, go back or be missing.
+
+    In ticks of the output (the coarser of the encoder's and the container's time bases, so
+    that distinct ticks stay distinct in the file). ``push(item, ticks)`` returns the items
+    whose timestamp is decided, in order, as ``(item, timestamp)``; ``finish()`` the rest.
+
+    - A frame whose timestamp is after the last one written keeps it (plus the shift below,
+      zero unless something was shifted): regular timestamps, gaps (variable frame rates)
+      included, come out as they went in.
+    - A frame later than the one before it in the source, but not in output ticks (the two
+      are closer together than the output's time base), goes one tick after it.
+    - A frame whose timestamp is missing, repeats, or goes back by at most ``HOLD`` frames
+      is held (up to ``HOLD`` frames) until the next frame with a usable timestamp, then
+      placed between the two: at the nominal frame spacing if the interval has room for it
+      (a real gap stays after the held frames), evenly if each gets at least half a frame and
+      a tick, and otherwise (a coarse time base, a long run) at the nominal spacing with the
+      frames that follow shifted by as much as needed, their own spacing kept.
+    - A jump back by more than that (files joined end to end, a reset clock) starts a new
+      stretch one nominal frame after the last one, with its own spacing kept.
+    - Frames held when ``HOLD`` is reached, or at the end, go one after another: a missing
+      timestamp one nominal frame after the last, a known one with its spacing kept.
+    """
+
+    HOLD = 8  # frames held for the next usable timestamp (the encoder's frames: bounded memory)
+
+    def __init__(self, step: int) -> None:
+        self.step = max(1, step)  # nominal frame duration, ticks
+        self.jump = self.HOLD * self.step  # a step back further than this is a new stretch
+        self.last: int | None = None  # last timestamp given out
+        self.offset = 0  # added to the source timestamps from here on
+        self.held: list[tuple[object, int | None]] = []
+        self.previous: tuple[int, int] | None = None  # (source pts, ticks) of the last frame that had one
+        self.frames = self.retimed = 0
+        self.counts = {"repeated": 0, "back": 0, "close": 0, "missing": 0}
+
+    def push(self, item: object, ticks: int | None, pts: int | None = None) -> list[tuple[object, int]]:
+        """``ticks``: the frame's timestamp in output ticks; ``pts`` the source's own (for the counts)."""
+        self.frames += 1
+        pts = ticks if pts is None else pts
+        previous = self.previous
+        self._count(ticks, pts)
+        if ticks is None:
+            return self._hold(item, None)
+        t = ticks + self.offset
+        out: list[tuple[object, int]] = []
+        if self.last is not None and t <= self.last:
+            if not self.held and previous is not None and previous[1] == ticks and previous[0] < pts:
+                return [self._give(item, ticks, self.last + 1)]  # closer together than a tick
+            if self.last - t <= self.jump:
+                return self._hold(item, ticks)
+            out += self._release()
+            assert self.last is not None
+            self.offset += self.last + self.step - t
+            t = self.last + self.step
+        if self.held:
+            placed, t = self._place_before(t)
+            out += placed
+        out.append(self._give(item, ticks, t))
+        return out
+
+    def finish(self) -> list[tuple[object, int]]:
+        return self._release()
+
+    def summary(self) -> str | None:
+        """What was repaired, or None when nothing was."""
+        if not self.retimed:
+            return None
+        names = {
+            "repeated": "repeated",
+            "back": "going back",
+            "close": "closer together than the output's time base",
+            "missing": "missing",
+        }
+        causes = ", ".join(f"{n} {names[k]}" for k, n in self.counts.items() if n)
+        return f"irregular timestamps ({causes}) repaired: {self.retimed} of {self.frames} frames retimed, all kept"
+
+    def _count(self, ticks: int | None, pts: int | None) -> None:
+        if pts is None or ticks is None:
+            self.counts["missing"] += 1
+            return
+        if self.previous is not None:
+            previous_pts, previous_ticks = self.previous
+            if pts == previous_pts:
+                self.counts["repeated"] += 1
+            elif pts < previous_pts:
+                self.counts["back"] += 1
+            elif ticks <= previous_ticks:
+                self.counts["close"] += 1
+        self.previous = (pts, ticks)
+
+    def _give(self, item: object, ticks: int | None, t: int) -> tuple[object, int]:
+        if ticks != t:
+            self.retimed += 1
+        self.last = t
+        return item, t
+
+    def _hold(self, item: object, ticks: int | None) -> list[tuple[object, int]]:
+        self.held.append((item, ticks))
+        return self._release() if len(self.held) >= self.HOLD else []
+
+    def _release(self) -> list[tuple[object, int]]:
+        out = []
+        for item, ticks in self.held:
+            start = -self.step if self.last is None else self.last
+            if ticks is None:
+                t = start + self.step
+            else:
+                t = ticks + self.offset
+                if t <= start:
+                    self.offset += start + self.step - t
+                    t = start + self.step
+            out.append(self._give(item, ticks, t))
+        self.held.clear()
+        return out
+
+    def _place_before(self, t: int) -> tuple[list[tuple[object, int]], int]:
+        """Give out the held frames before a frame at ``t``; returns them and that frame's timestamp."""
+        k, step = len(self.held), self.step
+        if self.last is None:  # before the first known timestamp
+            times = [t - step * (k - j) for j in range(k)]
+        else:
+            gap = t - self.last
+            if gap >= (k + 1) * step:
+                times = [self.last + step * (j + 1) for j in range(k)]
+            elif gap >= k + 1 and 2 * gap >= (k + 1) * step:
+                times = [self.last + gap * (j + 1) // (k + 1) for j in range(k)]
+            else:
+                times = [self.last + step * (j + 1) for j in range(k)]
+                shift = self.last + step * (k + 1) - t
+                self.offset += shift
+                t += shift
+        placed = [self._give(item, ticks, time) for (item, ticks), time in zip(self.held, times, strict=True)]
+        self.held.clear()
+        return placed, t
+
+
 class _Encoder:
     """Video encoder plus audio pass-through for one output file.
 
@@ -410,6 +563,12 @@ class _Encoder:
         except (av.FFmpegError, ValueError, OSError) as exc:
             self.abort()
             raise self._format_error(exc) from exc
+        # Timestamps are made strictly increasing in the coarser of the encoder's time base and the
+        # one the muxer chose (Matroska: 1 ms, whatever was asked), so that no two collide in the file.
+        muxer = Fraction(self.video.time_base) if self.video.time_base else time_base
+        self.ticks = max(time_base, muxer)
+        step = _rescale(1, 1 / fps, self.ticks) if fps else _rescale(1, Fraction(1, 25), self.ticks)
+        self.timestamps = _Timestamps(step)
 
     def _add_streams(
         self,
@@ -458,14 +617,28 @@ class _Encoder:
             raise VideoError(f"{self.destination}: cannot write the video ({_reason(exc)})") from exc
 
     def write_frame(self, rgb: np.ndarray, pts: int | None) -> None:
+        """Encode a frame whose timestamp (``time_base`` ticks) may repeat, go back or be missing."""
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         if self.pix_fmt != "rgb24":
             frame = frame.reformat(format=self.pix_fmt)
+        ticks = None if pts is None else _rescale(pts, self.time_base, self.ticks)
+        for ready, t in self.timestamps.push(frame, ticks, pts):
+            self._encode(ready, t)  # type: ignore[arg-type]
+
+    def _encode(self, frame: av.VideoFrame, ticks: int) -> None:
+        pts = _rescale(ticks, self.ticks, self.time_base)
+        if not -(2**62) < pts < 2**62:  # a damaged file's timestamps, shifted: FFmpeg's are 64-bit
+            raise VideoError(f"{self.source}: timestamps out of range ({pts} x {self.time_base} s)")
         frame.pts = pts
         frame.time_base = self.time_base
         with self._writing():
             for packet in self.video.encode(frame):
                 self.out.mux(packet)
+
+    @property
+    def timestamp_repair(self) -> str | None:
+        """What was repaired in the timestamps (one line), or None."""
+        return self.timestamps.summary()
 
     def write_audio(self, packet: av.Packet) -> None:
         entry = self.audio.get(packet.stream.index)
@@ -489,6 +662,8 @@ class _Encoder:
                         self.out.mux(out_packet)
 
     def close(self) -> None:
+        for frame, t in self.timestamps.finish():
+            self._encode(frame, t)  # type: ignore[arg-type]
         with self._writing():
             for packet in self.video.encode(None):
                 self.out.mux(packet)
@@ -507,6 +682,8 @@ class _Encoder:
 class TransformResult:
     info: VideoInfo  # of the input
     frames: int  # frames decoded and written
+    # What was repaired in the input's timestamps (repeated, going back, missing), one line; None if nothing.
+    timestamp_repair: str | None = None
 
 
 def transform_video(
@@ -522,7 +699,9 @@ def transform_video(
     """Decode ``source``, pass each frame through ``processor``, encode to ``destination``.
 
     ``processor`` may hold frames back (the engine holds m) but must return exactly one
-    output per input, in order; output frame i gets input frame i's timestamp.
+    output per input, in order; output frame i gets input frame i's timestamp, repaired where
+    it repeats, goes back or is missing (``_Timestamps``; logged as a warning naming the source,
+    and returned in ``TransformResult.timestamp_repair``).
     ``on_frame(frames_written, info)`` is called after each written frame (progress).
     ``name`` is what error messages call the source (e.g. its s3:// URI).
 
@@ -545,7 +724,8 @@ def transform_video(
         # from (and may decode) its audio packets.
         with _Pipeline() as pipeline:
             inputs = pipeline.start(_decode_items(container, stream, audio_streams, info, name))
-            outputs = pipeline.start_sink(_encode_items(tmp, dest, audio_streams, encoder, name))
+            outcome: dict[str, str | None] = {}
+            outputs = pipeline.start_sink(_encode_items(tmp, dest, audio_streams, encoder, name, outcome))
 
             def write(frames: list[np.ndarray]) -> None:
                 nonlocal written
@@ -570,7 +750,10 @@ def transform_video(
             if written != decoded:
                 raise VideoError(f"{name}: processor returned {written} frames for {decoded} inputs")
             outputs.close()  # the encoder flushes and closes the file; its errors are raised here
-        return TransformResult(info=info, frames=written)
+    repair = outcome.get("timestamp_repair")
+    if repair:
+        _log.warning("%s: %s", name, repair)
+    return TransformResult(info=info, frames=written, timestamp_repair=repair)
 
 
 # Items (frames or audio packets) queued between the decoder, the processor and the encoder:
@@ -625,9 +808,17 @@ def _decode_items(
 
 
 def _encode_items(
-    tmp: Path, destination: Path, audio_streams: list[av.audio.stream.AudioStream], options: EncoderOptions, name: str
+    tmp: Path,
+    destination: Path,
+    audio_streams: list[av.audio.stream.AudioStream],
+    options: EncoderOptions,
+    name: str,
+    outcome: dict[str, str | None],
 ) -> Callable[[Iterator[object]], None]:
-    """The sink of ``transform_video``: opens the output at ``_Start``, then writes what comes."""
+    """The sink of ``transform_video``: opens the output at ``_Start``, then writes what comes.
+
+    Once the file is closed, ``outcome["timestamp_repair"]`` says what was repaired (or None).
+    """
 
     def encode(items: Iterator[object]) -> None:
         out: _Encoder | None = None
@@ -654,6 +845,7 @@ def _encode_items(
                     out.write_frame(*item)  # type: ignore[misc]
             if out is not None:
                 out.close()
+                outcome["timestamp_repair"] = out.timestamp_repair
         except BaseException:
             if out is not None:
                 out.abort()

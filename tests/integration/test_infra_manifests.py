@@ -223,13 +223,93 @@ def test_s3_settings_come_from_the_secret_never_from_the_manifest() -> None:
                 assert ref["optional"] is True
 
 
+def autoscaler_launches(doc: dict[str, Any], demands: list[dict[str, float]]) -> tuple[dict[str, int], list[Any]]:
+    """(worker pods by group, demands left unplaced) that Ray's autoscaler would launch for ``demands``
+    on the RayCluster ``doc`` with only its head running: Ray's own code, as KubeRay's autoscaler
+    sidecar runs it (the CR turned into node types, then the autoscaler's bin packing)."""
+    import functools
+
+    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+    from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
+
+    config = autoscaling_config(doc)
+    head = config["head_node_type"]
+    scorer = functools.partial(
+        _default_utilization_scorer, node_availability_summary=NodeAvailabilitySummary(node_availabilities={})
+    )
+    nodes, left = get_nodes_for(config["available_node_types"], {head: 1}, head, config["max_workers"], demands, scorer)
+    assert head not in nodes
+    return dict(nodes), left
+
+
+def autoscaling_config(doc: dict[str, Any]) -> dict[str, Any]:
+    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+    cr = copy.deepcopy(doc)
+    cr["metadata"].setdefault("namespace", "default")  # kubectl applies it to the current namespace
+    return _derive_autoscaling_config_from_ray_cr(cr)
+
+
+def check_autoscales_from_zero(doc: dict[str, Any]) -> None:
+    spec = doc["spec"]
+    # The switch: without it KubeRay runs no autoscaler and the replica counts never change.
+    assert spec.get("enableInTreeAutoscaling") is True, "no autoscaler"
+    config = autoscaling_config(doc)
+    types, head = config["available_node_types"], config["head_node_type"]
+    workers = {name: t for name, t in types.items() if name != head}
+    # Idle, the autoscaler keeps min_workers pods of each group, and removes idle ones down to it.
+    assert workers and {name: t["min_workers"] for name, t in workers.items()} == dict.fromkeys(workers, 0)
+    assert 0 < config["idle_timeout_minutes"] < 60
+    # The work the deployment runs here (docs/deployment.md): training with the paper preset, the
+    # batch job's GPU actors, Ray Data's CPU tasks. None fits on the head; from zero worker pods,
+    # the autoscaler launches pods of the right group for all of it.
+    paper = load_train_config("paper")
+    _, batch = parse_job(shlex.split(rayjob("rayjob-batch.yaml")["spec"]["entrypoint"]))
+    demands = {
+        "train": [{"CPU": paper.cpus_per_worker, "GPU": 1}] * paper.num_workers,
+        "batch": [{"CPU": batch.cpus_per_actor, "GPU": batch.gpus_per_actor}] * batch.actors,
+        "synth": [{"CPU": 1}] * 8,
+    }
+    for work, demand in demands.items():
+        head_only = {k: v for k, v in types[head]["resources"].items() if k != "memory"}
+        assert not any(all(head_only.get(k, 0) >= v for k, v in d.items()) for d in demand), f"{work} fits the head"
+        nodes, left = autoscaler_launches(doc, demand)
+        assert left == [], f"{work}: the autoscaler cannot place {left}"
+        wants_gpu = any(d.get("GPU") for d in demand)
+        for group, count in nodes.items():
+            assert count > 0 and (types[group]["resources"].get("GPU", 0) > 0) == wants_gpu, f"{work}: {nodes}"
+
+
 def test_the_long_lived_cluster_autoscales_its_workers_from_zero() -> None:
     ((_, doc),) = by_kind("RayCluster")
-    spec = doc["spec"]
-    assert spec["enableInTreeAutoscaling"] is True
-    assert spec["authOptions"]["mode"] == "token"
-    for group in spec["workerGroupSpecs"]:
-        assert group["minReplicas"] == 0 < group["maxReplicas"], group["groupName"]
+    check_autoscales_from_zero(doc)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda spec: spec.update(enableInTreeAutoscaling=False),
+        lambda spec: spec["workerGroupSpecs"][1].update(minReplicas=1, replicas=1),
+        lambda spec: spec["workerGroupSpecs"][1].update(maxReplicas=0, replicas=0),
+        lambda spec: [
+            r.pop(GPU) for r in spec["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["resources"].values()
+        ],
+        lambda spec: spec["workerGroupSpecs"].pop(0),
+    ],
+    ids=["no autoscaler", "a GPU pod kept", "no GPU pods", "GPU group without GPUs", "no CPU group"],
+)
+def test_the_autoscaling_check_fails_for_a_cluster_that_cannot_scale_from_zero(mutate: Any) -> None:
+    ((_, doc),) = by_kind("RayCluster")
+    doc = copy.deepcopy(doc)
+    assert [g["groupName"] for g in doc["spec"]["workerGroupSpecs"]] == ["cpu", "gpu"]
+    mutate(doc["spec"])
+    with pytest.raises(AssertionError):
+        check_autoscales_from_zero(doc)
+
+
+def test_the_long_lived_cluster_asks_kuberay_for_token_auth() -> None:
+    ((_, doc),) = by_kind("RayCluster")
+    assert doc["spec"]["authOptions"]["mode"] == "token"
 
 
 def rayjob(name: str) -> dict[str, Any]:
@@ -502,8 +582,111 @@ def test_dockerfiles_pin_the_projects_versions(flavour: str) -> None:
     assert {".git", ".venv"} <= set(ignore)
 
 
-def test_dockerignore_files_are_the_same() -> None:
-    assert (DOCKER / "Dockerfile.cpu.dockerignore").read_text() == (DOCKER / "Dockerfile.cuda.dockerignore").read_text()
+def _docker_pattern(pattern: str) -> re.Pattern[str]:
+    """A .dockerignore pattern as a regex, as Docker compiles it (moby/patternmatcher)."""
+    out, i = "", 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if pattern.startswith("**", i):
+            i += 2
+            if pattern.startswith("/", i):
+                i += 1
+            out += ".*" if i >= len(pattern) else "(.*/)?"
+            continue
+        if ch == "*":
+            out += "[^/]*"
+        elif ch == "?":
+            out += "[^/]"
+        elif ch == "\\" and i + 1 < len(pattern):
+            i += 1
+            out += re.escape(pattern[i])
+        elif ch == "[":
+            end = pattern.index("]", i + 1)
+            out += pattern[i : end + 1].replace("[!", "[^")
+            i = end
+        else:
+            out += re.escape(ch)
+        i += 1
+    return re.compile(f"^{out}$")
+
+
+def dockerignore(path: Path) -> Any:
+    """``excluded(relative_posix_path) -> bool`` for a .dockerignore file, with Docker's rules: patterns
+    relative to the context root, ``!`` re-includes, the last matching pattern wins, and a pattern
+    that matches a parent directory matches everything in it."""
+    rules = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = os.path.normpath(line[1:] if negate else line).lstrip("/")
+        rules.append((negate, _docker_pattern(pattern)))
+
+    def excluded(name: str) -> bool:
+        parts = name.split("/")
+        parents = ["/".join(parts[: i + 1]) for i in range(len(parts) - 1)]
+        matched = False
+        for negate, regex in rules:
+            if negate != matched:
+                continue
+            if regex.match(name) or any(regex.match(parent) for parent in parents):
+                matched = not negate
+        return matched
+
+    excluded.negations = any(negate for negate, _ in rules)  # type: ignore[attr-defined]
+    return excluded
+
+
+def build_context(flavour: str) -> set[str]:
+    """The files of this working tree that ``docker build -f infra/docker/Dockerfile.FLAVOUR .`` sends
+    (BuildKit reads ``Dockerfile.FLAVOUR.dockerignore`` beside the Dockerfile), as posix paths."""
+    excluded = dockerignore(DOCKER / f"Dockerfile.{flavour}.dockerignore")
+    files = set()
+    for directory, dirnames, filenames in os.walk(ROOT):
+        base = Path(directory).relative_to(ROOT).as_posix()
+        prefix = "" if base == "." else f"{base}/"
+        if not excluded.negations:  # nothing below an excluded directory can come back
+            dirnames[:] = [d for d in dirnames if not excluded(prefix + d)]
+        files |= {prefix + f for f in filenames if not excluded(prefix + f)}
+    return files
+
+
+def git_files(*args: str) -> list[str]:
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the files git tracks and ignores are unknown")
+    result = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", *args], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [f for f in result.stdout.decode().split("\0") if f]
+
+
+def test_the_docker_rules_match_as_docker_does() -> None:
+    excluded = dockerignore(DOCKER / "Dockerfile.cpu.dockerignore")
+    assert excluded(".git/HEAD") and excluded("platform/deblur/__pycache__/x.cpython-311.pyc")
+    assert excluded("x.partial.mp4") and excluded("a/b/.c.partial.mkv") and excluded("tests/unit/test_data.py")
+    assert excluded("out") and not excluded("platform/out") and not excluded("platform/deblur/video.py")
+
+
+def test_both_dockerfiles_build_from_the_same_files() -> None:
+    assert build_context("cpu") == build_context("cuda")
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "cuda"])
+def test_the_image_gets_the_package_and_jobs_and_no_tests_or_local_state(flavour: str) -> None:
+    context = build_context(flavour)
+    # Everything `pip install /app` and the jobs use: the package with its data (weights, presets,
+    # web pages), its metadata and readme, the job entrypoints and the Serve config.
+    tracked = git_files("--cached")
+    needed = {f for f in tracked if f.split("/")[0] in {"platform", "jobs", "serve"}}
+    needed |= {"pyproject.toml", tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["readme"]}
+    assert any(f.startswith("platform/deblur/weights/") for f in needed)
+    assert sorted(needed - context) == []
+    # Nothing of the tests, the repository's history, or this checkout's local state (whatever
+    # git ignores: virtualenvs, caches, build and run outputs, partial files).
+    assert not any(f.startswith(("tests/", ".git/")) for f in context)
+    ignored = git_files("--others", "--ignored", "--exclude-standard", "--directory")
+    leaked = sorted(f for f in ignored if f.rstrip("/") in context or any(c.startswith(f) for c in context))
+    assert leaked == [], f"git-ignored files in the {flavour} image's build context"
 
 
 # --- local scripts -------------------------------------------------------------------------------

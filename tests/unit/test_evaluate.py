@@ -26,9 +26,16 @@ def test_psnr_ssim_and_temporal_error_on_known_values() -> None:
     img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     assert frame_ssim(img, img) == pytest.approx(1.0)
     assert frame_ssim(img, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) < 0.1  # unrelated images
-    # Output that changes exactly as the ground truth does has no temporal error, even if offset.
-    s0, s1 = img, np.roll(img, 1, axis=1)
-    assert temporal_error(s0 // 2, s1 // 2 + (s0 // 2 - s0 // 2), s0 // 2, s1 // 2) == 0.0
+    # Output that changes exactly as the ground truth does has no temporal error, even if offset
+    # (here 40 levels brighter than the truth in both frames: far from it, PSNR about 16 dB).
+    s0, s1 = img // 2, np.roll(img, 1, axis=1) // 2
+    l0, l1 = s0 + 40, s1 + 40
+    assert frame_psnr(l1, s1) == pytest.approx(10 * math.log10(255**2 / 40**2))
+    assert temporal_error(l0, l1, s0, s1) == 0.0
+    # An output whose offset changes between the frames is off by that change, in every pixel.
+    assert temporal_error(s0, s1 + 40, s0, s1) == pytest.approx(40.0)
+    assert temporal_error(s0 + 40, s1, s0, s1) == pytest.approx(40.0)
+    # A still output against a moving truth is off by the truth's own change.
     assert temporal_error(s0, s0, s0, s1) == pytest.approx(np.abs(s1.astype(int) - s0.astype(int)).mean())
 
 

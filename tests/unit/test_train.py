@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from deblur.hardware import cpu_has_amx_bf16
 from deblur.train import (
@@ -49,12 +50,30 @@ def test_eq4_is_mse_plus_lambda_weight_norm() -> None:
     # Eq. 4 literally: per frame, the squared error summed over channels per pixel; summed over frames.
     b, frames, channels, h, w = squared.shape
     data_term = sum(squared[i, n].sum() / (h * w) for i in range(b) for n in range(frames)) / b
-    conv_weights = [p for n, p in model.named_parameters() if n.endswith("weight") and p.ndim == 4]
+    # ||W||^2: the weights of every convolution, transposed ones included, found by module type.
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+    assert any(isinstance(m, nn.ConvTranspose2d) for m in convs)
+    conv_weights = [m.weight for m in convs]
+    torch.testing.assert_close(weight_norm(model), sum((w**2).sum() for w in conv_weights))
     torch.testing.assert_close(loss, data_term + 1e-5 * sum((w**2).sum() for w in conv_weights))
     torch.testing.assert_close(data_term, mse * frames * channels)
-    # beta and biases are not decayed
-    assert all(p.ndim == 4 for n, p in model.named_parameters() if n.endswith("weight"))
-    assert weight_norm(model) > 0
+    # Decayed are those weights and nothing else. With lambda = 1 the decay term is most of the loss,
+    # so a bias or beta counted in it would show; and its gradient is 2 w for each of those weights,
+    # nothing for any bias or for the blending beta.
+    heavy, _ = compute_loss(model, blurry, sharp, weight_decay=1.0)
+    squares = sum((w**2).sum() for w in conv_weights)
+    assert squares > data_term
+    torch.testing.assert_close(heavy - data_term, squares)
+    model.zero_grad()
+    weight_norm(model).backward()
+    decayed = {id(w) for w in conv_weights}
+    names = [n for n, _ in model.named_parameters()]
+    assert "blending.beta_logit" in names and any(n.endswith("bias") for n in names)
+    for name, p in model.named_parameters():
+        if id(p) in decayed:
+            torch.testing.assert_close(p.grad, 2 * p.detach(), msg=lambda m, name=name: f"{name}: {m}")
+        else:
+            assert p.grad is None or not p.grad.any(), f"{name} is decayed"
 
 
 @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32", "bf16-autocast"])

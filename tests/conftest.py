@@ -119,6 +119,7 @@ def serve_endpoint(
     common = {
         "checkpoint": str(checkpoint),
         "device": "cpu",
+        "precision": "fp32",  # outputs are compared with the fp32 engine bit for bit
         "session_cpus": 0.25,
         "session_timeout_s": SESSION_TIMEOUT_S,
         "max_upload_mb": 2,

@@ -16,7 +16,6 @@ import httpx
 import numpy as np
 import pytest
 import ray
-import torch
 from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -26,7 +25,6 @@ from deblur.checkpoint import load_model
 from deblur.cli import main
 from deblur.client import DeblurClient, EndpointError
 from deblur.engine import deblur_frames
-from deblur.precision import choose_precision
 from deblur.video import read_frames
 from media import pattern_frame, stream_facts, write_test_video
 from tiny import torch_threads
@@ -282,8 +280,7 @@ def test_api_key_is_enforced(serve_endpoint: dict) -> None:
     assert httpx.post(f"{url}/v1/sessions", headers={"X-API-Key": "wrong"}).status_code == 401
     assert httpx.get(f"{url}/v1/metrics").status_code == 401
     ready = httpx.get(f"{url}/v1/ready").json()  # a probe: no key
-    assert ready["status"] == "ready" and ready["model"]["m"] == 1 and ready["model"]["precision"] == "auto"
-    assert ready["model"]["precision_auto"].startswith(choose_precision(torch.device("cpu"))[0])
+    assert ready["status"] == "ready" and ready["model"]["m"] == 1 and ready["model"]["precision"] == "fp32"
     with DeblurClient(url, api_key=serve_endpoint["key"]) as client:
         before = client.metrics()
         session = client.session()

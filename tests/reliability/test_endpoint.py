@@ -51,6 +51,7 @@ def rel_endpoint(serve_endpoint: dict) -> Iterator[str]:
     config = {
         "checkpoint": str(serve_endpoint["checkpoint"]),
         "device": "cpu",
+        "precision": "fp32",  # outputs are compared with the fp32 engine bit for bit
         "session_cpus": 0.05,
         "session_timeout_s": 60.0,
         "max_upload_mb": 2,

@@ -785,13 +785,27 @@ def _decode_row(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def add_sensor_noise(blurry: np.ndarray, *, rng: np.random.Generator, max_sigma: float) -> np.ndarray:
+    """``blurry`` (uint8) with white Gaussian noise of one sigma drawn from [0, ``max_sigma``] (8-bit levels).
+
+    The target stays clean, so the network learns to leave noise no worse than it found it: the
+    rendered corpus's own noise is compressed away by H.264, while phone footage is often grainy.
+    """
+    sigma = float(rng.uniform(0.0, max_sigma))
+    noisy = blurry.astype(np.float32) + rng.normal(0.0, sigma, blurry.shape).astype(np.float32)
+    return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+
+
 class _CropSampler:
     """Row -> ``samples`` random training samples; the RNG is per worker process, seeded from ``seed``."""
 
-    def __init__(self, *, frames: int, crop: int, flips: bool, seed: int | None, samples: int) -> None:
+    def __init__(
+        self, *, frames: int, crop: int, flips: bool, seed: int | None, samples: int, noise_sigma: float = 0.0
+    ) -> None:
         import os
 
         self.frames, self.crop, self.flips, self.samples = frames, crop, flips, samples
+        self.noise_sigma = noise_sigma
         self.rng = np.random.default_rng(None if seed is None else [seed, os.getpid()])
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -801,21 +815,32 @@ class _CropSampler:
             b, s = sample_training_crop(
                 blurry, sharp, rng=self.rng, frames=self.frames, crop=self.crop, flips=self.flips
             )
+            if self.noise_sigma > 0:
+                b = add_sensor_noise(b, rng=self.rng, max_sigma=self.noise_sigma)
             yield {"blurry": b, "sharp": s, "key": key}
 
 
 # One sampler per process and setting: its RNG runs on across the tasks (and epochs) this Ray
 # worker process runs, so a later pass over a window draws new crops, not the same ones again.
-_SAMPLERS: dict[tuple[int, int, bool, int | None, int], _CropSampler] = {}
+_SAMPLERS: dict[tuple[int, int, bool, int | None, int, float], _CropSampler] = {}
 
 
 def _sample_shard(
-    item: dict[str, Any], *, frames: int, crop: int, flips: bool, seed: int | None, samples: int
+    item: dict[str, Any],
+    *,
+    frames: int,
+    crop: int,
+    flips: bool,
+    seed: int | None,
+    samples: int,
+    noise_sigma: float = 0.0,
 ) -> Iterator[dict[str, Any]]:
     """Random training samples from every window of one shard, in the task that reads it."""
-    key = (frames, crop, flips, seed, samples)
+    key = (frames, crop, flips, seed, samples, noise_sigma)
     if key not in _SAMPLERS:
-        _SAMPLERS[key] = _CropSampler(frames=frames, crop=crop, flips=flips, seed=seed, samples=samples)
+        _SAMPLERS[key] = _CropSampler(
+            frames=frames, crop=crop, flips=flips, seed=seed, samples=samples, noise_sigma=noise_sigma
+        )
     sampler = _SAMPLERS[key]
     for row in _read_shard(item):
         yield from sampler(row)
@@ -865,6 +890,7 @@ def read_training_dataset(
     flips: bool = True,
     seed: int | None = None,
     samples_per_window: int = 4,
+    noise_sigma: float = 0.0,
     num_cpus: float = 0.25,
 ) -> Any:
     """A Ray Dataset of random training samples ``{"blurry", "sharp", "key"}``.
@@ -877,7 +903,8 @@ def read_training_dataset(
     stored window (a window of full frames is far larger than one crop, so reading it for a single
     sample would make training I/O-bound). Hand it to a ``TorchTrainer`` as ``datasets={"train":
     ...}``; each worker reads its shard with ``iter_batches`` and a local shuffle buffer, which
-    mixes crops of different windows and videos.
+    mixes crops of different windows and videos. ``noise_sigma`` > 0 adds Gaussian noise of a
+    sigma drawn per sample up to it to the blurry frames (``add_sensor_noise``).
 
     Every step runs on a fraction of a CPU (``num_cpus``) so it fits beside training workers that
     reserved the rest. The shards are read with a plain ``flat_map`` rather than ``read_parquet``:
@@ -892,7 +919,14 @@ def read_training_dataset(
     # Reading and cropping happen in one task per shard: the stored windows (megabytes each)
     # never go through the object store, only the crops do; and no actor pool to start again
     # at every pass over the data.
-    sample = {"frames": frames, "crop": crop, "flips": flips, "seed": seed, "samples": samples_per_window}
+    sample = {
+        "frames": frames,
+        "crop": crop,
+        "flips": flips,
+        "seed": seed,
+        "samples": samples_per_window,
+        "noise_sigma": noise_sigma,
+    }
     return dataset.flat_map(_sample_shard, fn_kwargs=sample, num_cpus=num_cpus)
 
 

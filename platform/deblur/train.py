@@ -83,6 +83,7 @@ class TrainConfig:
     sequence_frames: int = 13
     crop: int = 128
     samples_per_window: int = 4  # random crops drawn from each stored window per pass over the data
+    noise_sigma: float = 0.0  # up to this sigma (8-bit levels) of Gaussian noise on a sample's blurry frames
     lr: float = 1e-4
     lr_decay: float = 0.96
     lr_decay_every: int = 10_000
@@ -150,6 +151,7 @@ _AT_LEAST: dict[str, float] = {
     "sequence_frames": 1,
     "crop": 1,
     "samples_per_window": 1,
+    "noise_sigma": 0,
     "lr_decay_every": 1,
     "weight_decay": 0,
     "grad_clip": 0,
@@ -721,6 +723,7 @@ def run_training(
         crop=config.crop,
         seed=config.seed,
         samples_per_window=config.samples_per_window,
+        noise_sigma=config.noise_sigma,
     )
     filesystem, path = storage.filesystem_for(storage_path)
     resources_per_worker = {"CPU": config.cpus_per_worker}

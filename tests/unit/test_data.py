@@ -14,6 +14,7 @@ import pytest
 
 from deblur import storage
 from deblur.data import (
+    add_sensor_noise,
     DataConfig,
     _Committer,
     _CropSampler,
@@ -188,6 +189,27 @@ def test_shards_are_read_row_group_by_row_group_and_samples_name_their_window(tm
     samples = list(sampler(rows[1]))
     assert [s["key"] for s in samples] == ["clip.mp4/clip-000/window-8"] * 3
     assert all(s["blurry"].shape == (5, 16, 16, 3) for s in samples)
+
+
+def test_noise_augmentation_adds_noise_to_the_blurry_frames_only() -> None:
+    rows = {"frames": 6, "height": 24, "width": 24, "video_id": "v.mp4", "clip": 0, "start": 0}
+    flat = np.full((6, 24, 24, 3), 128, np.uint8)
+    row = {**rows, "blurry": flat.tobytes(), "sharp": flat.tobytes()}
+    clean = _CropSampler(frames=5, crop=16, flips=False, seed=0, samples=20)
+    noisy = _CropSampler(frames=5, crop=16, flips=False, seed=0, samples=20, noise_sigma=6.0)
+    assert all((s["blurry"] == 128).all() for s in clean(row))
+    samples = list(noisy(row))
+    assert all((s["sharp"] == 128).all() for s in samples)  # the target stays clean
+    sigmas = [float(np.std(s["blurry"].astype(np.float32))) for s in samples]
+    assert max(sigmas) > 2.0 and min(sigmas) < max(sigmas) and max(sigmas) < 6.5  # drawn per sample, up to 6
+
+
+def test_sensor_noise_has_the_drawn_sigma() -> None:
+    flat = np.full((4, 64, 64, 3), 100, np.uint8)
+    rng = np.random.default_rng(1)
+    noisy = add_sensor_noise(flat, rng=rng, max_sigma=4.0)
+    sigma = float(np.random.default_rng(1).uniform(0.0, 4.0))
+    assert abs(float(np.std(noisy.astype(np.float32))) - sigma) < 0.05 * sigma + 0.05
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])

@@ -14,13 +14,13 @@ import pytest
 
 from deblur import storage
 from deblur.data import (
-    add_sensor_noise,
     DataConfig,
     _Committer,
     _CropSampler,
     _read_shard,
     _settings_for_one_operator,
     _ShardWriter,
+    add_sensor_noise,
     iterate_eval_clips,
     output_uris,
     plan_tasks,

@@ -1,6 +1,6 @@
 """`ray job submit -- python jobs/corpus.py --out s3://bucket/raw --videos N --seconds S --seed K`
 
-Writes the synthetic 240 fps corpus (see deblur.corpus). Same arguments as `deblur corpus`.
+Writes the synthetic 240 fps corpus (see deblur.data.corpus). Same arguments as `deblur corpus`.
 """
 
 import sys

@@ -85,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from deblur.bench import describe_machine
     from deblur.checkpoint import load_checkpoint, save_checkpoint
-    from deblur.config import parse_overrides
-    from deblur.corpus import CorpusConfig, generate_corpus
-    from deblur.data import DataConfig, corpus_synthesis_defaults, synthesize_dataset
+    from deblur.data.corpus import CorpusConfig, generate_corpus
+    from deblur.data.dataset import DataConfig, corpus_synthesis_defaults
+    from deblur.data.synth_job import synthesize_dataset
     from deblur.evaluate import evaluate_model, write_reports
     from deblur.evaluate_real import no_harm, real_sequences
-    from deblur.train import load_train_config, run_training
+    from deblur.settings import parse_overrides
+    from deblur.train.driver import run_training
+    from deblur.train.step import load_train_config
 
     real = Path(args.real).resolve()
     photos, real_videos = real / "photos", real / "videos"

@@ -1,7 +1,7 @@
 """The README's main command: deblur a sample video with the bundled model, end to end.
 
-1. Render a short synthetic 240 fps scene (``deblur.corpus``) and blur it with Eq. 1
-   (``deblur.synthesis``): a blurry sample video with its sharp ground truth.
+1. Render a short synthetic 240 fps scene (``deblur.data.corpus``) and blur it with Eq. 1
+   (``deblur.data.blur``): a blurry sample video with its sharp ground truth.
 2. Start a local S3 server (moto, over HTTP on 127.0.0.1) and a local Ray instance, unless the
    environment already points at them (``DEBLUR_S3_ENDPOINT``, ``RAY_ADDRESS``).
 3. Upload the sample and deblur it with the batch job (one recurrent actor, the bundled model).
@@ -29,8 +29,8 @@ def make_sample(
     *, seconds: float, seed: int, tau: int, stride: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
     """(blurry frames, sharp frames, fps) of a synthetic scene blurred with Eq. 1."""
-    from deblur.corpus import CorpusConfig, render_video
-    from deblur.synthesis import ClipParams, synthesize_clip
+    from deblur.data.blur import ClipParams, synthesize_clip
+    from deblur.data.corpus import CorpusConfig, render_video
 
     config = CorpusConfig(seconds=seconds)
     frames, _ = render_video(config, seed=seed, index=0)

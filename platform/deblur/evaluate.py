@@ -192,7 +192,7 @@ def evaluate_model(
     ``limit`` scores only the first clips (in manifest order: stable between calls), which is what
     validation during training uses. The model is left in eval mode.
     """
-    from deblur.data import iterate_eval_clips
+    from deblur.data.reader import iterate_eval_clips
     from deblur.engine import OnlineDeblurrer
     from deblur.video import read_frames
 

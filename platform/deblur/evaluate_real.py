@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from deblur import storage
+from deblur.data.photos import IMAGE_PATTERNS, load_photos
 from deblur.evaluate import frame_psnr
 from deblur.model import DeblurNet
-from deblur.photos import IMAGE_PATTERNS, load_photos
 
 __all__ = ["NO_HARM_CONDITIONS", "no_harm", "no_harm_markdown", "real_sequences", "real_sequences_markdown"]
 
@@ -47,7 +47,7 @@ def _static_input(clean: np.ndarray, condition: str, frames: int, rng: np.random
         return [
             np.clip(np.rint(clean + rng.normal(0, sigma, clean.shape)), 0, 255).astype(np.uint8) for _ in range(frames)
         ]
-    from deblur.degrade import H264RoundTrip
+    from deblur.data.blur import H264RoundTrip
 
     codec = H264RoundTrip(clean.shape[1], clean.shape[0], crf=23)
     out = [frame for _ in range(frames) for frame in codec.push(clean)]

@@ -18,7 +18,7 @@ fp32 model: one frame per video, and the exported graph needs no special case.
 Why not PyTorch's own x86 int8 backend: measured here it gave 0.93-1.34x over fp32 channels-last;
 this path gives 2.1-2.7x (``deblur bench perf``).
 
-Calibration uses frames of synthetic scenes from ``deblur.corpus`` (real photographs, the same
+Calibration uses frames of synthetic scenes from ``deblur.data.corpus`` (real photographs, the same
 kind of content the bundled model was trained on) unless the caller passes its own windows.
 No Ray.
 """
@@ -59,8 +59,8 @@ class _Step(nn.Module):
 
 def calibration_windows(model: DeblurNet, *, frames: int = 12, size: tuple[int, int] = (192, 256)) -> list[Tensor]:
     """Blurred windows (1, 2m+1, 3, H, W) of a synthetic scene, for the activation ranges."""
-    from deblur.corpus import CorpusConfig, render_video
-    from deblur.synthesis import ClipParams, synthesize_clip
+    from deblur.data.blur import ClipParams, synthesize_clip
+    from deblur.data.corpus import CorpusConfig, render_video
 
     height, width = size
     config = CorpusConfig(width=width, height=height, seconds=(frames * 12 + 11) / 240)

@@ -26,9 +26,9 @@ from packaging.specifiers import SpecifierSet
 
 from deblur.batch import BatchConfig
 from deblur.cli import build_parser
-from deblur.config import parse_overrides
 from deblur.serving import ServingConfig
-from deblur.train import load_train_config
+from deblur.settings import parse_overrides
+from deblur.train.step import load_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"

@@ -11,16 +11,11 @@ import pytest
 
 from deblur import storage
 from deblur.cli import main
-from deblur.corpus import CorpusConfig, generate_corpus
-from deblur.data import (
-    DataConfig,
-    count_training_windows,
-    iterate_eval_clips,
-    load_manifest,
-    read_training_dataset,
-    synthesize_dataset,
-)
-from deblur.synthesis import ClipParams, synthesize_clip
+from deblur.data.blur import ClipParams, synthesize_clip
+from deblur.data.corpus import CorpusConfig, generate_corpus
+from deblur.data.dataset import DataConfig, load_manifest
+from deblur.data.reader import count_training_windows, iterate_eval_clips, read_training_dataset
+from deblur.data.synth_job import synthesize_dataset
 from deblur.video import frame_to_rgb, probe_video, read_frames
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -17,8 +17,10 @@ import torch
 from deblur import storage
 from deblur.checkpoint import load_checkpoint
 from deblur.cli import main
-from deblur.data import DataConfig, synthesize_dataset
-from deblur.train import TrainConfig, TrainingRun, load_train_config, run_training
+from deblur.data.dataset import DataConfig
+from deblur.data.synth_job import synthesize_dataset
+from deblur.train.driver import TrainingRun, run_training
+from deblur.train.step import TrainConfig, load_train_config
 from faults import kill, own_ray_processes
 from media import write_test_video
 
@@ -159,7 +161,7 @@ def _download(uri: str, name: str = "state.pt") -> Path:
 
 
 def test_tune_runs_trials_as_train_runs_stops_poor_ones_early_and_tabulates(dataset: str, s3_bucket: str) -> None:
-    from deblur.train import run_tuning
+    from deblur.train.tune import run_tuning
 
     # Reports at every step, validation every other one: Tune must cope with reports that carry
     # no val_psnr (the real presets log far more often than they validate).

@@ -21,7 +21,7 @@ from bad_inputs import CASES, Case, build_corpus
 from deblur import storage
 from deblur.checkpoint import save_checkpoint
 from deblur.cli import main
-from deblur.data import output_uris
+from deblur.data.dataset import output_uris
 from deblur.video import probe_video
 from tiny import tiny_model, torch_threads
 

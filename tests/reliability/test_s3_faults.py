@@ -90,7 +90,8 @@ def test_a_synthesis_upload_refused_in_the_background_fails_the_video_and_leaves
     proxy: FaultProxy, s3_bucket: str, tmp_path: Path
 ) -> None:
     """Shards are uploaded while the next one is synthesized; the second one's upload is refused."""
-    from deblur.data import DataConfig, plan_tasks, process_video
+    from deblur.data.dataset import DataConfig
+    from deblur.data.synth_job import plan_tasks, process_video
 
     source = write_test_video(tmp_path / "clip.mp4", width=48, height=40, frames=130, fps=240, audio=False)
     storage.upload_file(source, f"{s3_bucket}/raw/clip.mp4")

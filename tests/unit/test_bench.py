@@ -14,7 +14,7 @@ from deblur.bench.perf import measure_conv_ceiling, measure_model, measure_step_
 from deblur.bench.report import perf_table, replace_marked_block
 from deblur.bench.train import measure_training_step
 from deblur.model import DeblurNet, ModelConfig, build_model, count_macs_per_pixel
-from deblur.train import load_train_config, optimize_step
+from deblur.train.step import load_train_config, optimize_step
 from tiny import tiny_model
 
 
@@ -91,7 +91,7 @@ def test_training_step_benchmark_runs_the_training_step_and_counts_its_flops(mon
         steps.append(args[-1]["blurry"].shape)
         return optimize_step(*args, **kwargs)
 
-    monkeypatch.setattr("deblur.train.optimize_step", counted)
+    monkeypatch.setattr("deblur.train.step.optimize_step", counted)
     step = measure_training_step(config, steps=3)
     # Two warm-up steps, then the timed ones, each on a whole batch of the config's shape.
     assert steps == [(2, 5, 16, 16, 3)] * 5

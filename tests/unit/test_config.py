@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deblur.config import load_preset, parse_overrides
+from deblur.settings import load_preset, parse_overrides
 
 
 def test_overrides_read_numbers_as_users_write_them() -> None:

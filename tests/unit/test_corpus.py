@@ -12,16 +12,8 @@ import pytest
 import torch
 
 from deblur.cli import main
-from deblur.corpus import (
-    CorpusConfig,
-    _camera_to_world,
-    _object_window,
-    _pixel_grid,
-    _plan_scene,
-    _sample,
-    generate_corpus,
-    render_video,
-)
+from deblur.data.corpus import CorpusConfig, _plan_scene, _sample, generate_corpus, render_video
+from deblur.data.motion import _camera_to_world, _object_window, _pixel_grid
 from deblur.evaluate import frame_psnr
 from deblur.video import probe_video, read_frames
 

@@ -13,25 +13,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from deblur import storage
-from deblur.data import (
-    DataConfig,
-    _Committer,
+from deblur.data.blur import ClipParams, synthesize_clip
+from deblur.data.dataset import DataConfig, output_uris, split_for, write_manifest
+from deblur.data.reader import (
     _CropSampler,
-    _read_shard,
-    _settings_for_one_operator,
-    _ShardWriter,
     add_sensor_noise,
     iterate_eval_clips,
-    output_uris,
-    plan_tasks,
-    process_video,
     sample_training_crop,
-    split_for,
     training_shards,
     window_key,
-    write_manifest,
 )
-from deblur.synthesis import ClipParams, synthesize_clip
+from deblur.data.shards import _Committer, _read_shard, _ShardWriter
+from deblur.data.synth_job import _settings_for_one_operator, plan_tasks, process_video
 from deblur.video import frame_to_rgb, read_frames
 from media import write_test_video
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from skimage import data
 
-from deblur.degrade import ClipDegradation, add_sensor_noise, degrade_pairs, draw_degradation
+from deblur.data.blur import ClipDegradation, add_sensor_noise, degrade_pairs, draw_degradation
 from deblur.evaluate import frame_psnr
 
 IMAGE = np.ascontiguousarray(data.astronaut()[:96, :128])

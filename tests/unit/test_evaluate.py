@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from deblur.cli import main
-from deblur.data import DataConfig, plan_tasks, process_video, write_manifest
+from deblur.data.dataset import DataConfig, write_manifest
+from deblur.data.synth_job import plan_tasks, process_video
 from deblur.evaluate import evaluate_model, frame_psnr, frame_ssim, temporal_error, write_reports
 from media import write_test_video
 from tiny import tiny_model

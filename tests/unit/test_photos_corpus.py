@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from deblur.cli import main
-from deblur.corpus import _SKIMAGE_POOL, MOTION_KINDS, CorpusConfig, _plan_scene, generate_corpus, render_video
-from deblur.data import DataConfig, plan_tasks
-from deblur.photos import PhotoError, load_photos, photo_split
+from deblur.data.corpus import _SKIMAGE_POOL, MOTION_KINDS, CorpusConfig, _plan_scene, generate_corpus, render_video
+from deblur.data.dataset import DataConfig
+from deblur.data.photos import PhotoError, load_photos, photo_split
+from deblur.data.synth_job import plan_tasks
 
 
 def _photo_dir(root: Path, count: int = 6, size: tuple[int, int] = (200, 160)) -> Path:

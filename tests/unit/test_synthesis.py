@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deblur.synthesis import (
+from deblur.data.blur import (
     ClipParams,
     ClipSchedule,
     SynthesisConfig,

@@ -11,21 +11,20 @@ import torch
 from torch import nn
 
 from deblur.hardware import cpu_has_amx_bf16
-from deblur.train import (
-    TABLE1_SPACE,
+from deblur.train.driver import _describe_failure
+from deblur.train.step import (
     TrainConfig,
     TrainingError,
-    _describe_failure,
     choose_autocast,
     compute_loss,
     load_train_config,
     load_training_state,
     make_optimizer,
     optimize_step,
-    run_tuning,
     save_training_state,
     weight_norm,
 )
+from deblur.train.tune import TABLE1_SPACE, run_tuning
 from tiny import tiny_model
 
 CPU = torch.device("cpu")

@@ -77,7 +77,7 @@ def _corpus(
     cache: str | None, *, videos: int, seconds: float, width: int, height: int, seed: int, echo: Callable[[str], None]
 ) -> Path:
     """The benchmark's corpus, generated into ``cache`` (or a temporary directory) unless it is there."""
-    from deblur.corpus import CorpusConfig, generate_corpus
+    from deblur.data.corpus import CorpusConfig, generate_corpus
 
     root = Path(cache or tempfile.mkdtemp(prefix="deblur-bench-"))
     corpus_dir = root / f"corpus-{videos}x{seconds}s-{width}x{height}-{seed}"
@@ -103,7 +103,8 @@ def _measure_rounds(
 
     Returns synthesis over decode frames/s per (target, workers), and plain 2-over-1 speed-ups.
     """
-    from deblur.data import DataConfig, synthesize_dataset
+    from deblur.data.dataset import DataConfig
+    from deblur.data.synth_job import synthesize_dataset
 
     # Warm-up: start worker processes and import torch/PyAV in them before timing.
     synthesize_dataset(RAW, f"{scratch}/warm", config=DataConfig(), workers=2)
@@ -155,7 +156,8 @@ def _synthesis_run(server: Any, out: str, *, workers: int, videos: int) -> tuple
     """One Ray Data synthesis run into ``out`` (deleted after): its seconds, the frames it did not
     decode (read by no exposure), and the S3 server's CPU seconds meanwhile."""
     from deblur import storage
-    from deblur.data import DataConfig, synthesize_dataset
+    from deblur.data.dataset import DataConfig
+    from deblur.data.synth_job import synthesize_dataset
 
     server_cpu = server.cpu_seconds()
     started = time.perf_counter()
@@ -179,7 +181,8 @@ def _plain_speedup(memory: str, *, round_: int, frames: int, echo: Callable[[str
     VM's scheduling).
     """
     from deblur import storage
-    from deblur.data import DataConfig, plan_tasks
+    from deblur.data.dataset import DataConfig
+    from deblur.data.synth_job import plan_tasks
 
     seconds = {}
     for processes in (1, 2):
@@ -204,7 +207,7 @@ def _plain_speedup(memory: str, *, round_: int, frames: int, echo: Callable[[str
 def _start_plain_worker(warm_tasks: list[dict[str, Any]], ready: Any) -> None:
     import torch
 
-    from deblur.data import process_video
+    from deblur.data.synth_job import process_video
 
     torch.set_num_threads(1)  # as in a Ray task holding one CPU
     # A process's first videos pay imports (PyAV, pyarrow.parquet) and codec set-up: 0.1-0.2 s each
@@ -225,7 +228,7 @@ def _plain_processes_seconds(tasks: list[dict[str, Any]], processes: int, *, war
     """
     import multiprocessing
 
-    from deblur.data import process_video
+    from deblur.data.synth_job import process_video
 
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(processes + 1)

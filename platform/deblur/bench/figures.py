@@ -145,7 +145,7 @@ def perf_figures(*, quick: bool, amx: bool) -> list[Figure]:
 
 def _training_and_ray_figures() -> list[Figure]:
     """Training (its ceiling, its step alone, Ray Train), the batch job and serving: full runs only."""
-    from deblur.train import load_train_config
+    from deblur.train.step import load_train_config
 
     figures = [
         Figure(

@@ -21,7 +21,7 @@ def bench_model_path(directory: Path) -> str:
 
 
 def bench_videos(directory: Path, *, videos: int, frames: int, width: int, height: int) -> list[Path]:
-    from deblur.corpus import CorpusConfig, render_video
+    from deblur.data.corpus import CorpusConfig, render_video
     from deblur.video import EncoderOptions, write_video
 
     config = CorpusConfig(width=width, height=height, fps=30, seconds=frames / 30, max_camera_motion=3.0)

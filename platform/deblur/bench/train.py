@@ -34,7 +34,7 @@ def training_runs() -> list[tuple[int, str]]:
     """
     import torch
 
-    from deblur.train import choose_autocast
+    from deblur.train.step import choose_autocast
 
     runs = [(1, "fp32"), (2, "fp32")]
     if choose_autocast(True, torch.device("cpu")) is not None:
@@ -55,8 +55,9 @@ def run_train_benchmark(
     """
     import ray
 
-    from deblur.corpus import CorpusConfig, generate_corpus
-    from deblur.data import DataConfig, synthesize_dataset
+    from deblur.data.corpus import CorpusConfig, generate_corpus
+    from deblur.data.dataset import DataConfig
+    from deblur.data.synth_job import synthesize_dataset
     from deblur.local_s3 import local_object_store
 
     echo(f"machine: {describe_machine()}")
@@ -87,7 +88,8 @@ def _train_run(
     workers: int, precision: str, *, steps: int, data: str, directory: Path, echo: Callable[[str], None]
 ) -> dict[str, Any]:
     """One Ray Train run of ``steps`` steps: its samples/s, GFLOP/s and share of time waiting for data."""
-    from deblur.train import load_train_config, run_training
+    from deblur.train.driver import run_training
+    from deblur.train.step import load_train_config
 
     log_every = max(1, steps // 3)
     config = load_train_config(
@@ -140,7 +142,7 @@ def measure_training_step(config: Any, *, steps: int = 4) -> dict[str, float]:
 
     from deblur.engine import keep_freed_memory
     from deblur.model import ModelConfig, build_model
-    from deblur.train import make_optimizer, optimize_step
+    from deblur.train.step import make_optimizer, optimize_step
 
     if config.amp:
         raise ValueError("measure_training_step times fp32 steps: pass a config with amp=False")

@@ -1,4 +1,5 @@
-"""Blurry/sharp training pairs from high-speed video: the paper's Eq. 1 (Sec. 3).
+"""Blurry/sharp training pairs from high-speed video: the paper's Eq. 1 (Sec. 3), and what a
+camera then does to the blurry frames.
 
     B_n = 1/tau * sum_{j=0}^{tau-1} H_{nT + j}        S_n = H_{nT + (tau-1)/2}
 
@@ -9,26 +10,46 @@ printed takes S_n at offset ceil(tau/2), which for 0-based j is one frame past t
 exposure; we take the middle frame, offset (tau-1)/2, so that the sharp target is the instant the
 blur is centred on.
 
-Pure NumPy/torch on arrays (or on decoded PyAV frames), no Ray: ``data.py`` runs it over videos in
-object storage.
+An average of tau rendered frames is unrealistically clean, and real video is stored compressed.
+With ``degrade``, per clip, ``draw_degradation`` picks for the blurry frames only, as a phone or
+camera would give them:
+
+- **exposure gain** in linear light, so that highlights clip (the sharp target gets the same
+  gain: it is the same scene at the same exposure);
+- **Poisson-Gaussian sensor noise** in linear light, variance ``a * x + b**2`` (Foi et al. 2008),
+  added to the exposure average, independently per frame;
+- **H.264** at CRF 18-28 (libx264, no B-frames or look-ahead, as hardware encoders of phones
+  store video), decoded again.
+
+Targets stay clean. Pure NumPy/torch/PyAV on arrays (or on decoded PyAV frames), no Ray:
+``deblur.data.synth_job`` runs it over videos in object storage.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
+
+from deblur.settings import Number, Settings
 
 __all__ = [
+    "ClipDegradation",
     "ClipParams",
     "ClipSchedule",
+    "H264RoundTrip",
     "SynthesisConfig",
+    "add_sensor_noise",
     "blur_window",
+    "degrade_pairs",
     "draw_clip_params",
+    "draw_degradation",
     "resize_frame",
     "synthesize_clip",
 ]
@@ -36,48 +57,39 @@ __all__ = [
 PAPER_TAUS = (7, 9, 11, 13, 15)
 
 
-@dataclass(frozen=True)
-class SynthesisConfig:
+class SynthesisConfig(Settings):
     """How pairs are made. Defaults follow the paper (plain averaging, 3/4 downsampling)."""
 
-    taus: tuple[int, ...] = PAPER_TAUS
+    label: ClassVar[str] = "synthesis"
+
+    taus: tuple[StrictInt, ...] = PAPER_TAUS
     # T is drawn uniformly from the integers in [stride_min * tau, stride_max * tau); the paper's
     # tau <= T < 2 tau is (1.0, 2.0).
-    stride_min: float = 1.0
-    stride_max: float = 2.0
+    stride_min: Number = Field(1.0, ge=1)
+    stride_max: Number = 2.0
     # Output size as a fraction of the source (paper: 1280x720 -> 960x540 = 0.75), antialiased.
-    scale: float = 0.75
+    scale: Number = Field(0.75, gt=0, le=1)
     # Average in linear light (decode gamma 2.2, average, re-encode), as the GoPro dataset's
     # blur_gamma; the paper averages the stored (gamma-encoded) values directly.
-    linear_light: bool = False
-    gamma: float = 2.2
+    linear_light: StrictBool = False
+    gamma: Number = Field(2.2, gt=0)
     # Output frames per clip: each clip of a source video gets its own (tau, T).
-    clip_frames: int = 32
-    # Degrade the blurry frames as a camera would (deblur.degrade: exposure, noise, H.264), per clip.
-    degrade: bool = False
+    clip_frames: StrictInt = Field(32, ge=1)
+    # Degrade the blurry frames as a camera would (``draw_degradation``: exposure, noise, H.264), per clip.
+    degrade: StrictBool = False
 
-    def __post_init__(self) -> None:
-        if not self.taus or any(t < 1 or t % 2 == 0 for t in self.taus):
-            raise ValueError(f"taus must be odd positive integers, got {self.taus}")
-        if not 1.0 <= self.stride_min < self.stride_max:
-            raise ValueError(f"need 1 <= stride_min < stride_max, got {self.stride_min}, {self.stride_max}")
-        if not 0.0 < self.scale <= 1.0:
-            raise ValueError(f"scale must be in (0, 1], got {self.scale}")
-        if self.gamma <= 0:
-            raise ValueError(f"gamma must be positive, got {self.gamma}")
-        if self.clip_frames < 1:
-            raise ValueError(f"clip_frames must be at least 1, got {self.clip_frames}")
-
+    @field_validator("taus")
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SynthesisConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown synthesis setting(s) {unknown}; known: {sorted(known)}")
-        values = dict(values)
-        if "taus" in values:
-            values["taus"] = tuple(int(t) for t in values["taus"])
-        return cls(**values)
+    def _odd_taus(cls, taus: tuple[int, ...]) -> tuple[int, ...]:
+        if not taus or any(t < 1 or t % 2 == 0 for t in taus):
+            raise ValueError("must be odd positive integers")
+        return taus
+
+    @model_validator(mode="after")
+    def _strides(self) -> SynthesisConfig:
+        if not self.stride_min < self.stride_max:
+            raise ValueError(f"need 1 <= stride_min < stride_max, got {self.stride_min}, {self.stride_max}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,7 @@ class ClipSchedule:
 
 
 def _to_linear(gamma: float) -> np.ndarray:
+    """8-bit code -> linear value, as a table of 256."""
     return ((np.arange(256, dtype=np.float64) / 255.0) ** gamma).astype(np.float32)
 
 
@@ -160,12 +173,11 @@ def resize_frame(frame: np.ndarray, scale: float) -> np.ndarray:
 
     h, w = frame.shape[:2]
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    # A uint8 channels-last tensor takes PyTorch's vectorised uint8 path (about 7x faster than
-    # float here; results within 1 of the float filter's, from rounding). Bilinear with
-    # antialias=True widens the filter to the scale factor (like PIL's resize), so high
-    # frequencies are removed instead of aliased. The batch dimension goes first, then the
-    # permute: unsqueezing after it leaves a batch stride of 3 that PyTorch does not take for
-    # channels-last, and the resize ran 3x slower (3.5 against 1.1 ms for 640x360, same output).
+    # A uint8 channels-last tensor takes PyTorch's vectorised uint8 path (results within 1 of the
+    # float filter's, from rounding; docs/data.md has the speeds). Bilinear with antialias=True
+    # widens the filter to the scale factor (like PIL's resize), so high frequencies are removed
+    # instead of aliased. The batch dimension goes first, then the permute: unsqueezing after it
+    # leaves a batch stride of 3 that PyTorch does not take for channels-last (a slower path).
     tensor = torch.from_numpy(np.ascontiguousarray(frame))[None].permute(0, 3, 1, 2)
     out = F.interpolate(tensor, size=size, mode="bilinear", antialias=True, align_corners=False)
     # Channels-last out, so this is a view, not a copy.
@@ -317,3 +329,115 @@ def synthesize_clip(
                 made += 1
                 if outputs is not None and made >= outputs:
                     return
+
+
+# ---------------------------------------------------------------------------------------------
+# Camera degradations of the blurry frames (``SynthesisConfig.degrade``)
+# ---------------------------------------------------------------------------------------------
+
+# Shares of clips that get each degradation, and the ranges drawn (linear light in [0, 1]).
+GAIN_SHARE, GAIN_RANGE = 0.3, (1.0, 1.6)
+NOISE_SHARE, POISSON_LOG10, READ_LOG10 = 0.8, (-4.5, -2.5), (-3.5, -2.3)
+H264_SHARE, CRF_RANGE = 0.75, (18, 28)
+
+
+@dataclass(frozen=True)
+class ClipDegradation:
+    gain: float = 1.0  # exposure gain in linear light; values pushed above 1 clip
+    poisson: float = 0.0  # a: noise variance per unit of linear signal
+    read: float = 0.0  # b: standard deviation of the signal-independent noise, linear
+    crf: int | None = None  # H.264 CRF of the stored blurry video; None: not compressed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def draw_degradation(rng: np.random.Generator) -> ClipDegradation:
+    gain = float(rng.uniform(*GAIN_RANGE)) if rng.random() < GAIN_SHARE else 1.0
+    noisy = rng.random() < NOISE_SHARE
+    poisson = float(10 ** rng.uniform(*POISSON_LOG10)) if noisy else 0.0
+    read = float(10 ** rng.uniform(*READ_LOG10)) if noisy else 0.0
+    crf = int(rng.integers(CRF_RANGE[0], CRF_RANGE[1] + 1)) if rng.random() < H264_SHARE else None
+    return ClipDegradation(gain=gain, poisson=poisson, read=read, crf=crf)
+
+
+def _encode(linear: np.ndarray, gamma: float) -> np.ndarray:
+    """Linear values -> 8-bit codes, clipped (a table would posterize the darks)."""
+    return np.rint(np.power(np.clip(linear, 0.0, 1.0), np.float32(1.0 / gamma)) * 255.0).astype(np.uint8)
+
+
+def add_sensor_noise(
+    frame: np.ndarray, *, poisson: float, read: float, rng: np.random.Generator, gamma: float = 2.2
+) -> np.ndarray:
+    """Poisson-Gaussian noise (variance ``poisson * x + read**2``) in linear light, 8-bit in and out."""
+    if poisson <= 0 and read <= 0:
+        return frame
+    x = _to_linear(gamma)[frame]
+    sigma = np.sqrt(poisson * x + read * read)
+    return _encode(x + sigma * rng.standard_normal(x.shape, dtype=np.float32), gamma)
+
+
+class H264RoundTrip:
+    """Frames through libx264 and back, in memory; ``push`` returns the frames decoded so far."""
+
+    def __init__(self, width: int, height: int, *, crf: int) -> None:
+        import av
+
+        self.size = (width, height)
+        self.padded = (width + width % 2, height + height % 2)  # 4:2:0 needs even sizes
+        self.encoder = av.CodecContext.create("libx264", "w")
+        self.encoder.width, self.encoder.height = self.padded
+        self.encoder.pix_fmt = "yuv420p"
+        self.encoder.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
+        self.decoder = av.CodecContext.create("h264", "r")
+        self.decoder.thread_type = "SLICE"
+
+    def _decoded(self, packets: list[Any]) -> list[np.ndarray]:
+        width, height = self.size
+        out = []
+        for packet in packets:
+            for frame in self.decoder.decode(packet):
+                out.append(frame.to_ndarray(format="rgb24")[:height, :width])
+        return out
+
+    def push(self, rgb: np.ndarray) -> list[np.ndarray]:
+        import av
+
+        pad_w, pad_h = self.padded[0] - rgb.shape[1], self.padded[1] - rgb.shape[0]
+        if pad_w or pad_h:
+            rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        return self._decoded(list(self.encoder.encode(frame)))
+
+    def flush(self) -> list[np.ndarray]:
+        out = self._decoded(list(self.encoder.encode(None)))
+        return out + self._decoded([None])
+
+
+def degrade_pairs(
+    pairs: Iterable[tuple[np.ndarray, np.ndarray]],
+    degradation: ClipDegradation,
+    *,
+    rng: np.random.Generator,
+    gamma: float = 2.2,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(blurry, sharp)`` pairs of one clip, degraded: every pair comes out, in order."""
+    to_linear = _to_linear(gamma)
+    codec: H264RoundTrip | None = None
+    waiting: deque[np.ndarray] = deque()  # sharp frames whose blurry frame is still in the codec
+    for blurry, sharp in pairs:
+        if degradation.gain != 1.0:
+            blurry = _encode(to_linear[blurry] * degradation.gain, gamma)
+            sharp = _encode(to_linear[sharp] * degradation.gain, gamma)
+        blurry = add_sensor_noise(blurry, poisson=degradation.poisson, read=degradation.read, rng=rng, gamma=gamma)
+        if degradation.crf is None:
+            yield blurry, sharp
+            continue
+        if codec is None:
+            codec = H264RoundTrip(blurry.shape[1], blurry.shape[0], crf=degradation.crf)
+        waiting.append(sharp)
+        for decoded in codec.push(blurry):
+            yield decoded, waiting.popleft()
+    if codec is not None:
+        for decoded in codec.flush():
+            yield decoded, waiting.popleft()

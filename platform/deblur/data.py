@@ -785,7 +785,7 @@ def _decode_row(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def add_sensor_noise(blurry: np.ndarray, *, rng: np.random.Generator, max_sigma: float) -> np.ndarray:
+def add_gaussian_noise(blurry: np.ndarray, *, rng: np.random.Generator, max_sigma: float) -> np.ndarray:
     """``blurry`` (uint8) with white Gaussian noise of one sigma drawn from [0, ``max_sigma``] (8-bit levels).
 
     The target stays clean, so the network learns to leave noise no worse than it found it: the
@@ -816,7 +816,7 @@ class _CropSampler:
                 blurry, sharp, rng=self.rng, frames=self.frames, crop=self.crop, flips=self.flips
             )
             if self.noise_sigma > 0:
-                b = add_sensor_noise(b, rng=self.rng, max_sigma=self.noise_sigma)
+                b = add_gaussian_noise(b, rng=self.rng, max_sigma=self.noise_sigma)
             yield {"blurry": b, "sharp": s, "key": key}
 
 
@@ -904,7 +904,7 @@ def read_training_dataset(
     sample would make training I/O-bound). Hand it to a ``TorchTrainer`` as ``datasets={"train":
     ...}``; each worker reads its shard with ``iter_batches`` and a local shuffle buffer, which
     mixes crops of different windows and videos. ``noise_sigma`` > 0 adds Gaussian noise of a
-    sigma drawn per sample up to it to the blurry frames (``add_sensor_noise``).
+    sigma drawn per sample up to it to the blurry frames (``add_gaussian_noise``).
 
     Every step runs on a fraction of a CPU (``num_cpus``) so it fits beside training workers that
     reserved the rest. The shards are read with a plain ``flat_map`` rather than ``read_parquet``:

@@ -87,11 +87,13 @@ class H264RoundTrip:
         self.decoder.thread_type = "SLICE"
 
     def _decoded(self, packets: list[Any]) -> list[np.ndarray]:
+        from deblur.video import frame_to_rgb
+
         width, height = self.size
         out = []
         for packet in packets:
             for frame in self.decoder.decode(packet):
-                out.append(frame.to_ndarray(format="rgb24")[:height, :width])
+                out.append(frame_to_rgb(frame)[:height, :width])
         return out
 
     def push(self, rgb: np.ndarray) -> list[np.ndarray]:

@@ -252,13 +252,11 @@ class _PlaneAccumulator:
         self.count += 1
 
     def take(self) -> np.ndarray:
-        import av
-
         assert self.total is not None
-        template = self.template
-        mean = av.VideoFrame(template.width, template.height, template.format.name)
-        # The mean is read with the same matrix and range as the frames it came from.
-        mean.colorspace, mean.color_range = template.colorspace, template.color_range
+        # The mean goes into the first frame's own buffer (made writable), so that it is converted
+        # with every property of the frames it came from: matrix, range and chroma siting.
+        mean = self.template
+        mean.make_writable()
         for total, plane in zip(self.total, _planes(mean), strict=True):
             # Round half to even, as the RGB accumulator does.
             np.rint(total / np.float32(self.count), out=plane, casting="unsafe")

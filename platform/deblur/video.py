@@ -33,7 +33,7 @@ from typing import IO, Protocol
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
 
 from deblur.formats import UNTAGGED, SourceColour, format_note, output_pix_fmt
 
@@ -196,14 +196,18 @@ def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
     """A decoded frame as RGB uint8 (H, W, 3); swscale converts any pixel format (gray, alpha, 10-bit).
 
     One converter per thread, reused: ``frame.to_ndarray(format="rgb24")`` builds a new swscale
-    context for every frame, which cost more than the conversion itself (0.75 ms against 0.15-0.4 ms
-    a 640x360 frame on the 2-core Xeon of the README). One swscale thread: the callers
-    already run one decoder per CPU they hold.
+    context for every frame, which costs more than the conversion itself. One swscale thread: the
+    callers already run one decoder per CPU they hold. ``RGB_CONVERSION``: swscale's default path
+    from 4:2:0 darkens every frame by about one level; this one does not (docs/data.md).
     """
     converter = getattr(_CONVERTERS, "rgb", None)
     if converter is None:
         converter = _CONVERTERS.rgb = VideoReformatter()
-    return converter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+    return converter.reformat(frame, format="rgb24", interpolation=RGB_CONVERSION, threads=1).to_ndarray()
+
+
+# Full-resolution chroma interpolation with accurate rounding: an unbiased YUV -> RGB conversion.
+RGB_CONVERSION = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
 _to_rgb = frame_to_rgb

@@ -12,10 +12,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from skimage import data
 
 from deblur.evaluate import frame_psnr
 from deblur.formats import output_pix_fmt
-from deblur.video import transform_video
+from deblur.video import read_frames, transform_video, write_video
 from media import pattern_frame, write_test_video
 
 
@@ -73,6 +74,15 @@ def test_an_rgb_source_written_444_stays_closer_than_420_would(tmp_path: Path) -
     assert np.mean([frame_psnr(k, o) for k, o in zip(kept, originals, strict=True)]) > np.mean(
         [frame_psnr(c, o) for c, o in zip(as_420, originals, strict=True)]
     )
+
+
+def test_a_written_and_read_video_keeps_its_brightness(tmp_path: Path) -> None:
+    # swscale's default 4:2:0 -> RGB path darkened every frame by about one level per channel.
+    photo = np.ascontiguousarray(data.astronaut()[:192, :256])
+    write_video(tmp_path / "v.mp4", [photo] * 3, fps=25)
+    back = list(read_frames(tmp_path / "v.mp4"))
+    shift = np.mean([b.astype(np.float32).mean((0, 1)) - photo.mean((0, 1)) for b in back], axis=0)
+    assert np.abs(shift).max() < 0.3, f"mean shift per channel: {shift}"
 
 
 def _write_hdr(path: Path) -> Path:

@@ -267,6 +267,8 @@ def deblur_object(
             compiled=result.compiled,
             precision=result.precision,
             **({"precision_note": result.precision_note} if result.precision_note else {}),
+            **({"timestamp_repair": result.timestamp_repair} if result.timestamp_repair else {}),
+            **({"format_note": result.format_note} if result.format_note else {}),
         )
     except VideoError as error:
         record.update(

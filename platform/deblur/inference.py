@@ -28,6 +28,8 @@ class DeblurResult:
     compiled: bool = False  # the steps ran through torch.compile (asked for, and it worked)
     precision: str = "fp32"  # what ran: "auto" resolved to the device's pick, or its fp32 fallback
     precision_note: str | None = None  # with "auto": the pick, why, and the start-up check's outcome
+    timestamp_repair: str | None = None  # what was repaired in the input's timestamps (one line)
+    format_note: str | None = None  # what of the input's format the output keeps (one line)
 
     @property
     def fps(self) -> float:
@@ -63,4 +65,6 @@ def deblur_file(
         compiled=engine.runs_compiled,
         precision=engine.precision,
         precision_note=engine.precision_note,
+        timestamp_repair=result.timestamp_repair,
+        format_note=result.format_note,
     )

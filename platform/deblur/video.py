@@ -33,7 +33,9 @@ from typing import IO, Protocol
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
+from av.video.reformatter import Interpolation, VideoReformatter
+
+from deblur.formats import UNTAGGED, SourceColour, format_note, output_pix_fmt
 
 __all__ = [
     "EncoderOptions",
@@ -69,15 +71,17 @@ class VideoInfo:
     codec: str
     pix_fmt: str
     audio_codecs: tuple[str, ...] = ()
+    colour: SourceColour = UNTAGGED
 
 
 @dataclass(frozen=True)
 class EncoderOptions:
     """How the output video stream is encoded.
 
-    Default: H.264 (libx264) at CRF 18, visually lossless for most content, 4:2:0
-    (4:4:4 when a dimension is odd, which 4:2:0 cannot represent). ``lossless``
-    switches to libx264rgb at QP 0, which round-trips RGB frames exactly.
+    Default: H.264 (libx264) at CRF 18, visually lossless for most content, in the source's
+    chroma subsampling and bit depth (``deblur.formats.output_pix_fmt``: 4:2:0 for most video,
+    4:4:4 for an RGB or 4:4:4 source or an odd size). ``lossless`` switches to libx264rgb at
+    QP 0, which round-trips RGB frames exactly.
     """
 
     lossless: bool = False
@@ -85,10 +89,12 @@ class EncoderOptions:
     preset: str = "medium"
     extra: dict[str, str] = field(default_factory=dict)
 
-    def codec_and_format(self, width: int, height: int) -> tuple[str, str, dict[str, str]]:
+    def codec_and_format(
+        self, width: int, height: int, source_pix_fmt: str = "yuv420p"
+    ) -> tuple[str, str, dict[str, str]]:
         if self.lossless:
             return "libx264rgb", "rgb24", {"qp": "0", "preset": self.preset, **self.extra}
-        pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        pix_fmt = output_pix_fmt(source_pix_fmt, width, height)
         return "libx264", pix_fmt, {"crf": str(self.crf), "preset": self.preset, **self.extra}
 
 
@@ -157,6 +163,7 @@ def _info(container: av.container.InputContainer, stream: av.video.stream.VideoS
         codec=stream.codec_context.name,
         pix_fmt=stream.codec_context.pix_fmt or "unknown",
         audio_codecs=tuple(a.codec_context.name for a in container.streams.audio if a.codec_context is not None),
+        colour=SourceColour.of(stream.codec_context),
     )
 
 
@@ -189,14 +196,18 @@ def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
     """A decoded frame as RGB uint8 (H, W, 3); swscale converts any pixel format (gray, alpha, 10-bit).
 
     One converter per thread, reused: ``frame.to_ndarray(format="rgb24")`` builds a new swscale
-    context for every frame, which cost more than the conversion itself (0.75 ms against 0.15-0.4 ms
-    a 640x360 frame on the 2-core Xeon of the README). One swscale thread: the callers
-    already run one decoder per CPU they hold.
+    context for every frame, which costs more than the conversion itself. One swscale thread: the
+    callers already run one decoder per CPU they hold. ``RGB_CONVERSION``: swscale's default path
+    from 4:2:0 darkens every frame by about one level; this one does not (docs/data.md).
     """
     converter = getattr(_CONVERTERS, "rgb", None)
     if converter is None:
         converter = _CONVERTERS.rgb = VideoReformatter()
-    return converter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+    return converter.reformat(frame, format="rgb24", interpolation=RGB_CONVERSION, threads=1).to_ndarray()
+
+
+# Full-resolution chroma interpolation with accurate rounding: an unbiased YUV -> RGB conversion.
+RGB_CONVERSION = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
 _to_rgb = frame_to_rgb
@@ -545,6 +556,8 @@ class _Encoder:
         options: EncoderOptions,
         audio_templates: Iterable[av.audio.stream.AudioStream] = (),
         source: str = "<input>",
+        source_pix_fmt: str = "yuv420p",
+        colour: SourceColour = UNTAGGED,
     ) -> None:
         self.destination, self.source = destination, source
         try:
@@ -557,7 +570,11 @@ class _Encoder:
         except (av.FFmpegError, ValueError, OSError) as exc:
             raise self._format_error(exc) from exc
         try:
-            self._add_streams(width, height, fps, time_base, rotation, options, audio_templates)
+            self._add_streams(width, height, fps, time_base, rotation, options, audio_templates, source_pix_fmt)
+            if colour.hdr and not options.lossless:  # the source's transfer, primaries and matrix: still HDR
+                context = self.video.codec_context
+                context.color_primaries, context.color_trc = colour.primaries, colour.transfer
+                context.colorspace = colour.matrix
             # The header now: a container that cannot hold these streams says so before any frame.
             self.out.start_encoding()
         except (av.FFmpegError, ValueError, OSError) as exc:
@@ -569,6 +586,8 @@ class _Encoder:
         self.ticks = max(time_base, muxer)
         step = _rescale(1, 1 / fps, self.ticks) if fps else _rescale(1, Fraction(1, 25), self.ticks)
         self.timestamps = _Timestamps(step)
+        # What of the source's format the output keeps (one line), or None.
+        self.format_note = format_note(source_pix_fmt, colour, rotation, self.pix_fmt)
 
     def _add_streams(
         self,
@@ -579,8 +598,9 @@ class _Encoder:
         rotation: int,
         options: EncoderOptions,
         audio_templates: Iterable[av.audio.stream.AudioStream],
+        source_pix_fmt: str,
     ) -> None:
-        codec, pix_fmt, codec_options = options.codec_and_format(width, height)
+        codec, pix_fmt, codec_options = options.codec_and_format(width, height, source_pix_fmt)
         self.video = self.out.add_stream(codec, rate=fps if fps else None, options=codec_options)
         self.video.width, self.video.height, self.video.pix_fmt = width, height, pix_fmt
         self.video.time_base = time_base
@@ -684,6 +704,8 @@ class TransformResult:
     frames: int  # frames decoded and written
     # What was repaired in the input's timestamps (repeated, going back, missing), one line; None if nothing.
     timestamp_repair: str | None = None
+    # What of the input's format (bit depth, HDR, rotation) the output keeps, one line; None if nothing to say.
+    format_note: str | None = None
 
 
 def transform_video(
@@ -750,10 +772,11 @@ def transform_video(
             if written != decoded:
                 raise VideoError(f"{name}: processor returned {written} frames for {decoded} inputs")
             outputs.close()  # the encoder flushes and closes the file; its errors are raised here
-    repair = outcome.get("timestamp_repair")
-    if repair:
-        _log.warning("%s: %s", name, repair)
-    return TransformResult(info=info, frames=written, timestamp_repair=repair)
+    repair, note = outcome.get("timestamp_repair"), outcome.get("format_note")
+    for line in (repair, note):
+        if line:
+            _log.warning("%s: %s", name, line)
+    return TransformResult(info=info, frames=written, timestamp_repair=repair, format_note=note)
 
 
 # Items (frames or audio packets) queued between the decoder, the processor and the encoder:
@@ -836,6 +859,8 @@ def _encode_items(
                         options=options,
                         audio_templates=audio_streams,
                         source=name,
+                        source_pix_fmt=item.info.pix_fmt,
+                        colour=item.info.colour,
                     )
                     continue
                 assert out is not None, "frames before _Start"
@@ -846,6 +871,7 @@ def _encode_items(
             if out is not None:
                 out.close()
                 outcome["timestamp_repair"] = out.timestamp_repair
+                outcome["format_note"] = out.format_note
         except BaseException:
             if out is not None:
                 out.abort()

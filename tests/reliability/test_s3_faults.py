@@ -152,8 +152,8 @@ def _check_job_output(out: str, checkpoint: Path, sources: dict[str, Path], tmp_
 def _batch_args(inp: str, out: str, checkpoint: Path) -> list[str]:
     return [
         "batch", inp, out, "--checkpoint", str(checkpoint), "--actors", "1", "--cpus-per-actor", "0.5",
-        "--lossless", "--device", "cpu", "-q",
-    ]  # fmt: skip
+        "--lossless", "--device", "cpu", "--precision", "fp32", "-q",
+    ]  # fmt: skip  # fp32: the outputs are compared with the fp32 engine bit for bit
 
 
 @pytest.mark.long

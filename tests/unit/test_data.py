@@ -17,7 +17,7 @@ from deblur.data.blur import ClipParams, synthesize_clip
 from deblur.data.dataset import DataConfig, output_uris, split_for, write_manifest
 from deblur.data.reader import (
     _CropSampler,
-    add_sensor_noise,
+    add_gaussian_noise,
     iterate_eval_clips,
     sample_training_crop,
     training_shards,
@@ -200,7 +200,7 @@ def test_noise_augmentation_adds_noise_to_the_blurry_frames_only() -> None:
 def test_sensor_noise_has_the_drawn_sigma() -> None:
     flat = np.full((4, 64, 64, 3), 100, np.uint8)
     rng = np.random.default_rng(1)
-    noisy = add_sensor_noise(flat, rng=rng, max_sigma=4.0)
+    noisy = add_gaussian_noise(flat, rng=rng, max_sigma=4.0)
     sigma = float(np.random.default_rng(1).uniform(0.0, 4.0))
     assert abs(float(np.std(noisy.astype(np.float32))) - sigma) < 0.05 * sigma + 0.05
 

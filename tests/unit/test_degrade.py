@@ -52,6 +52,14 @@ def test_h264_keeps_every_frame_in_order_and_costs_quality() -> None:
     assert frame_psnr(out[3][0], pairs[3][0]) > frame_psnr(out[3][0], pairs[4][0])
 
 
+def test_h264_keeps_the_brightness_of_every_channel() -> None:
+    # The decoder's RGB conversion is unbiased: a training pair must not teach a colour shift.
+    photo = np.ascontiguousarray(data.astronaut()[:192, :256])
+    out = list(degrade_pairs([(photo, photo)] * 4, ClipDegradation(crf=18), rng=np.random.default_rng(0)))
+    shift = np.mean([coded.astype(np.float32).mean((0, 1)) - photo.mean((0, 1)) for coded, _ in out], axis=0)
+    assert np.abs(shift).max() < 0.3, f"mean shift per channel: {shift}"
+
+
 def test_odd_sizes_go_through_h264() -> None:
     odd = np.ascontiguousarray(IMAGE[:45, :67])
     out = list(degrade_pairs([(odd, odd)] * 3, ClipDegradation(crf=20), rng=np.random.default_rng(0)))

@@ -264,13 +264,11 @@ class _PlaneAccumulator:
         self.count += 1
 
     def take(self) -> np.ndarray:
-        import av
-
         assert self.total is not None
-        template = self.template
-        mean = av.VideoFrame(template.width, template.height, template.format.name)
-        # The mean is read with the same matrix and range as the frames it came from.
-        mean.colorspace, mean.color_range = template.colorspace, template.color_range
+        # The mean goes into the first frame's own buffer (made writable), so that it is converted
+        # with every property of the frames it came from: matrix, range and chroma siting.
+        mean = self.template
+        mean.make_writable()
         for total, plane in zip(self.total, _planes(mean), strict=True):
             # Round half to even, as the RGB accumulator does.
             np.rint(total / np.float32(self.count), out=plane, casting="unsafe")
@@ -393,11 +391,13 @@ class H264RoundTrip:
         self.decoder.thread_type = "SLICE"
 
     def _decoded(self, packets: list[Any]) -> list[np.ndarray]:
+        from deblur.video import frame_to_rgb
+
         width, height = self.size
         out = []
         for packet in packets:
             for frame in self.decoder.decode(packet):
-                out.append(frame.to_ndarray(format="rgb24")[:height, :width])
+                out.append(frame_to_rgb(frame)[:height, :width])
         return out
 
     def push(self, rgb: np.ndarray) -> list[np.ndarray]:

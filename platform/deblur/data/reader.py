@@ -17,7 +17,7 @@ from deblur.data.dataset import load_manifest, output_uris
 from deblur.data.shards import _read_shard
 
 __all__ = [
-    "add_sensor_noise",
+    "add_gaussian_noise",
     "count_training_windows",
     "iterate_eval_clips",
     "read_training_dataset",
@@ -64,12 +64,12 @@ def _decode_row(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def add_sensor_noise(blurry: np.ndarray, *, rng: np.random.Generator, max_sigma: float) -> np.ndarray:
+def add_gaussian_noise(blurry: np.ndarray, *, rng: np.random.Generator, max_sigma: float) -> np.ndarray:
     """``blurry`` (uint8) with white Gaussian noise of one sigma drawn from [0, ``max_sigma``] (8-bit levels).
 
     The target stays clean, so the network learns to leave noise no worse than it found it: the
     rendered corpus's own noise is compressed away by H.264, while phone footage is often grainy.
-    (The camera model's Poisson-Gaussian noise of the synthesis job is ``deblur.data.blur.add_sensor_noise``.)
+    (The camera model's Poisson-Gaussian noise of the synthesis job is ``deblur.data.blur.add_gaussian_noise``.)
     """
     sigma = float(rng.uniform(0.0, max_sigma))
     noisy = blurry.astype(np.float32) + rng.normal(0.0, sigma, blurry.shape).astype(np.float32)
@@ -96,7 +96,7 @@ class _CropSampler:
                 blurry, sharp, rng=self.rng, frames=self.frames, crop=self.crop, flips=self.flips
             )
             if self.noise_sigma > 0:
-                b = add_sensor_noise(b, rng=self.rng, max_sigma=self.noise_sigma)
+                b = add_gaussian_noise(b, rng=self.rng, max_sigma=self.noise_sigma)
             yield {"blurry": b, "sharp": s, "key": key}
 
 
@@ -174,7 +174,7 @@ def read_training_dataset(
     sample would make training I/O-bound). Hand it to a ``TorchTrainer`` as ``datasets={"train":
     ...}``; each worker reads its shard with ``iter_batches`` and a local shuffle buffer, which
     mixes crops of different windows and videos. ``noise_sigma`` > 0 adds Gaussian noise of a
-    sigma drawn per sample up to it to the blurry frames (``add_sensor_noise``).
+    sigma drawn per sample up to it to the blurry frames (``add_gaussian_noise``).
 
     Every step runs on a fraction of a CPU (``num_cpus``) so it fits beside training workers that
     reserved the rest. The shards are read with a plain ``flat_map`` rather than ``read_parquet``:

@@ -196,6 +196,8 @@ def run_job(job_id: str, source: str, destination: str, config: dict[str, Any], 
         "precision": settings.precision,
         "seconds": round(seconds, 3),
         "fps": round(result.frames / seconds, 3) if seconds > 0 else None,
+        **({"timestamp_repair": result.timestamp_repair} if result.timestamp_repair else {}),
+        **({"format_note": result.format_note} if result.format_note else {}),
     }
     return {"status": "ok", "record": record, "error": None}
 

@@ -70,10 +70,8 @@ class DataConfig:
     window_frames: int = 16  # pairs per training row: room for 13-frame windows at random offsets
     min_window_frames: int = 13  # a clip's tail shorter than this is not kept for training
     # A shard is closed at the first window past this: one window per shard from about 480x270 up.
-    # Small shards let a task upload one while it synthesizes the next (``_Committer``); with 64 MB,
-    # a 4 s video's windows made one shard, uploaded while the task waited: 8.5 s instead of 7.4 s
-    # for 8 videos to the local S3 server with one worker (2026-12-04), and 12 MB objects still
-    # suit S3 (a single PUT each, no multipart).
+    # Small shards let a task upload one while it synthesizes the next (``_Committer``), and such
+    # objects still suit S3 (a single PUT each, no multipart); docs/data.md has the timings.
     shard_target_bytes: int = 8 << 20
     patterns: tuple[str, ...] = VIDEO_PATTERNS
 
@@ -190,9 +188,8 @@ def _frames_cell(frames: np.ndarray) -> Any:
 class _Committer:
     """Commits staged outputs (the upload to S3, or the local rename) on a thread of its own.
 
-    A task used to wait for each upload: 8 videos took 9.4 s with one worker writing to the local S3
-    server against 6.3 s writing to memory (2026-12-04), and to a remote bucket the wait is the
-    network's. Now the next shard is synthesized meanwhile. One commit runs at a time and a new
+    A task that waited for each upload spent that time idle (docs/data.md), and to a remote bucket
+    the wait is the network's. Now the next shard is synthesized meanwhile. One commit runs at a time and a new
     one first waits for it, so at most two staged shards are held (in memory, for S3). ``wait``
     re-raises a commit's error; ``written`` gets an object's URI when its commit starts, so a
     failed video's cleanup also deletes what an interrupted commit may have left.

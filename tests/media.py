@@ -37,16 +37,21 @@ def write_test_video(
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
     timestamps: list[int] | None = None,
+    colour: tuple[int, int, int] | None = None,
 ) -> Path:
     """Encode a real video file; H.264 MP4 with an AAC track by default.
 
-    ``timestamps``: each frame's pts in units of 1/fps (default 0, 1, 2, ...).
+    ``timestamps``: each frame's pts in units of 1/fps (default 0, 1, 2, ...). ``colour``: the
+    stream's (primaries, transfer, matrix) tags, FFmpeg's values (e.g. 9, 16, 9: BT.2020 PQ).
     """
     out = av.open(str(path), "w", options=container_options or {})
     stream = out.add_stream(codec, rate=fps, options=options or {})
     stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
     if rotation:
         stream.set_display_rotation(rotation)
+    if colour is not None:
+        context = stream.codec_context
+        context.color_primaries, context.color_trc, context.colorspace = colour
     audio_stream = out.add_stream("aac", rate=44100) if audio else None
     for i in range(frames):
         frame = av.VideoFrame.from_ndarray(pattern_frame(i, width, height), format="rgb24")

@@ -78,14 +78,16 @@ def output_pix_fmt(source_pix_fmt: str, width: int, height: int) -> str:
     return f"yuv{chroma}p" + ("10le" if bits > 8 else "")
 
 
-def format_note(source_pix_fmt: str, colour: SourceColour, rotation: int, written: str) -> str | None:
+def format_note(
+    source_pix_fmt: str, colour: SourceColour, rotation: int, written: str, *, hdr_tags: bool
+) -> str | None:
     """One line on what of the source's format the output keeps, where that is worth saying."""
     parts = []
     _, bits = _layout(source_pix_fmt)
     if colour.hdr:
         parts.append(
             f"HDR ({colour.hdr}) {bits}-bit source: deblurred at 8 bits per channel, written {written} "
-            "with its HDR colour tags"
+            + ("with its HDR colour tags" if hdr_tags else "without HDR colour tags")
         )
     elif bits > 8:
         parts.append(f"{bits}-bit source: deblurred at 8 bits per channel, written {written}")

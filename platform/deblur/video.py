@@ -190,24 +190,22 @@ def _with_rotation(info: VideoInfo, frame: av.VideoFrame) -> VideoInfo:
 
 
 _CONVERTERS = threading.local()
+# Full-resolution chroma interpolation with accurate rounding: an unbiased YUV -> RGB conversion.
+RGB_CONVERSION = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
 def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
     """A decoded frame as RGB uint8 (H, W, 3); swscale converts any pixel format (gray, alpha, 10-bit).
 
-    One converter per thread, reused: ``frame.to_ndarray(format="rgb24")`` builds a new swscale
-    context for every frame, which costs more than the conversion itself. One swscale thread: the
-    callers already run one decoder per CPU they hold. ``RGB_CONVERSION``: swscale's default path
-    from 4:2:0 darkens every frame by about one level; this one does not (docs/data.md).
+    One converter per thread, reused: ``frame.to_ndarray(format="rgb24")`` would build a new swscale
+    context for every frame. One swscale thread: the callers already run one decoder per CPU they
+    hold. ``RGB_CONVERSION``: swscale's default path from 4:2:0 darkens every frame by about one
+    level; this one does not (docs/data.md).
     """
     converter = getattr(_CONVERTERS, "rgb", None)
     if converter is None:
         converter = _CONVERTERS.rgb = VideoReformatter()
     return converter.reformat(frame, format="rgb24", interpolation=RGB_CONVERSION, threads=1).to_ndarray()
-
-
-# Full-resolution chroma interpolation with accurate rounding: an unbiased YUV -> RGB conversion.
-RGB_CONVERSION = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
 _to_rgb = frame_to_rgb
@@ -571,7 +569,8 @@ class _Encoder:
             raise self._format_error(exc) from exc
         try:
             self._add_streams(width, height, fps, time_base, rotation, options, audio_templates, source_pix_fmt)
-            if colour.hdr and not options.lossless:  # the source's transfer, primaries and matrix: still HDR
+            hdr_tags = colour.hdr is not None and not options.lossless
+            if hdr_tags:  # the source's transfer, primaries and matrix: still HDR
                 context = self.video.codec_context
                 context.color_primaries, context.color_trc = colour.primaries, colour.transfer
                 context.colorspace = colour.matrix
@@ -587,7 +586,7 @@ class _Encoder:
         step = _rescale(1, 1 / fps, self.ticks) if fps else _rescale(1, Fraction(1, 25), self.ticks)
         self.timestamps = _Timestamps(step)
         # What of the source's format the output keeps (one line), or None.
-        self.format_note = format_note(source_pix_fmt, colour, rotation, self.pix_fmt)
+        self.format_note = format_note(source_pix_fmt, colour, rotation, self.pix_fmt, hdr_tags=hdr_tags)
 
     def _add_streams(
         self,

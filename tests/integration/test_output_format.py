@@ -85,24 +85,10 @@ def test_a_written_and_read_video_keeps_its_brightness(tmp_path: Path) -> None:
     assert np.abs(shift).max() < 0.3, f"mean shift per channel: {shift}"
 
 
-def _write_hdr(path: Path) -> Path:
-    out = av.open(str(path), "w")
-    stream = out.add_stream("libx264", rate=30)
-    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p10le"
-    context = stream.codec_context
-    context.color_primaries, context.color_trc, context.colorspace = 9, 16, 9  # BT.2020, PQ, BT.2020 NCL
-    for i in range(3):
-        frame = av.VideoFrame.from_ndarray(pattern_frame(i, 64, 48), format="rgb24").reformat(format="yuv420p10le")
-        for packet in stream.encode(frame):
-            out.mux(packet)
-    for packet in stream.encode(None):
-        out.mux(packet)
-    out.close()
-    return path
-
-
 def test_an_hdr_source_stays_hdr_and_says_so_in_one_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    src = _write_hdr(tmp_path / "hdr.mp4")
+    src = write_test_video(  # BT.2020 primaries and matrix, PQ transfer
+        tmp_path / "hdr.mp4", width=64, height=48, frames=3, pix_fmt="yuv420p10le", audio=False, colour=(9, 16, 9)
+    )
     out = tmp_path / "out.mp4"
     with caplog.at_level(logging.WARNING, logger="deblur.video"):
         result = transform_video(src, out, _PassThrough())

@@ -32,19 +32,22 @@ import fnmatch
 import hashlib
 import json
 import os
-import tempfile
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Annotated, Any, ClassVar
 from urllib.parse import quote
 
-from deblur import storage
+from pydantic import BeforeValidator, Field, StrictBool, StrictInt, StrictStr, model_validator
 
-__all__ = ["BatchConfig", "BatchRun", "deblur_object", "plan_batch", "run_batch"]
+from deblur import storage
+from deblur.batch_worker import VideoTask, VideoWorker, deblur_object, failure_record
+from deblur.settings import Number, Settings
+
+__all__ = ["BatchConfig", "BatchRun", "VideoTask", "deblur_object", "plan_batch", "run_batch"]
 
 CONTROL_DIR = "_deblur"
 MANIFEST_FORMAT = "deblur-batch-manifest/1"
@@ -54,47 +57,35 @@ class BatchError(RuntimeError):
     """The job as a whole cannot run (bad prefixes, nothing to do, a missing checkpoint)."""
 
 
-@dataclass(frozen=True)
-class BatchConfig:
-    checkpoint: str | None = None  # None: the bundled default model
-    include: tuple[str, ...] = storage.VIDEO_PATTERNS  # globs on the key below IN_PREFIX
-    actors: int | None = None  # None: as many as the cluster fits
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    device: str = "auto"
-    lossless: bool = False
-    crf: int = 18
-    preset: str = "medium"
-    max_retries: int = 2  # per video, after an actor died or an unexpected error
-    torch_threads: int = 0  # 0: one per reserved CPU
-    precision: str = "auto"  # as `deblur video --precision`: auto, fp32, int8 (CPU), bf16, fp16 (CUDA)
-    compiled: bool = False  # as `deblur video --compile`: compiled once per actor and frame size
+def _pattern_list(value: Any) -> Any:
+    return (value,) if isinstance(value, str) else value  # one glob may come as a plain string
 
-    def __post_init__(self) -> None:
-        if self.precision != "fp32":
-            from deblur.precision import PRECISIONS
 
-            if self.precision not in PRECISIONS:
-                raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if self.cpus_per_actor <= 0:
-            raise ValueError(f"cpus_per_actor must be positive, got {self.cpus_per_actor}")
-        if self.actors is not None and self.actors < 1:
-            raise ValueError(f"actors must be at least 1, got {self.actors}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+class BatchConfig(Settings):
+    label: ClassVar[str] = "batch"
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> BatchConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown batch setting(s) {unknown}; known: {sorted(known)}")
-        values = dict(values)
-        if isinstance(values.get("include"), str):
-            values["include"] = (values["include"],)
-        elif "include" in values:
-            values["include"] = tuple(values["include"])
-        return cls(**values)
+    checkpoint: StrictStr | None = None  # None: the bundled default model
+    # globs on the key below IN_PREFIX
+    include: Annotated[tuple[StrictStr, ...], BeforeValidator(_pattern_list)] = storage.VIDEO_PATTERNS
+    actors: StrictInt | None = Field(None, ge=1)  # None: as many as the cluster fits
+    cpus_per_actor: Number = Field(1.0, gt=0)
+    gpus_per_actor: Number | None = Field(None, ge=0)  # None: 1 when the cluster has GPUs, else 0
+    device: StrictStr = "auto"
+    lossless: StrictBool = False
+    crf: StrictInt = Field(18, ge=0, le=51)
+    preset: StrictStr = "medium"
+    max_retries: StrictInt = Field(2, ge=0)  # per video, after an actor died or an unexpected error
+    torch_threads: StrictInt = Field(0, ge=0)  # 0: one per reserved CPU
+    precision: StrictStr = "auto"  # as `deblur video --precision`: auto, fp32, int8 (CPU), bf16, fp16 (CUDA)
+    compiled: StrictBool = False  # as `deblur video --compile`: compiled once per actor and frame size
+
+    @model_validator(mode="after")
+    def _known_precision(self) -> BatchConfig:
+        from deblur.precision import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        return self
 
 
 def _control(output_prefix: str, *parts: str) -> str:
@@ -129,14 +120,6 @@ def _check_prefixes(input_prefix: str, output_prefix: str) -> None:
     a, b = norm(input_prefix), norm(output_prefix)
     if a.startswith(b) or b.startswith(a):
         raise BatchError(f"input {input_prefix} and output {output_prefix} overlap: use separate prefixes")
-
-
-@dataclass(frozen=True)
-class VideoTask:
-    source: str  # URI of the input video
-    destination: str  # URI of the output (same key below OUT)
-    key: str  # relative key
-    version: str  # of the input, for reruns
 
 
 def plan_batch(
@@ -177,7 +160,7 @@ def plan_batch(
             if failed_for_input:
                 done.append(previous)  # its record is there already: a rerun writes nothing
             else:
-                rejected.append(_failure(key, uri, None, None, problem, kind="input", attempts=0))
+                rejected.append(failure_record(key, uri, None, None, problem, kind="input", attempts=0))
             continue
         task = VideoTask(source=uri, destination=storage.join_uri(output_prefix, key), key=key, version=version)
         if failed_for_input or (
@@ -189,146 +172,11 @@ def plan_batch(
     return tasks, done, rejected
 
 
-def _failure(
-    key: str, source: str, destination: str | None, version: str | None, error: str, *, kind: str, **extra: Any
-) -> dict[str, Any]:
-    """The record of a video that failed; ``kind`` "input" (not worth retrying) or "transient"."""
-    return {
-        "key": key,
-        "source": source,
-        "destination": destination,
-        "version": version,
-        "status": "failed",
-        "error": error,
-        "error_kind": kind,
-        **extra,
-    }
-
-
 def _read_record(uri: str) -> dict[str, Any] | None:
     try:
         return json.loads(storage.read_bytes(uri))
     except (storage.StorageError, ValueError, FileNotFoundError):
         return None
-
-
-def deblur_object(
-    task: VideoTask,
-    model: Any,
-    *,
-    staging_uri: str,
-    device: Any = "auto",
-    encoder: Any = None,
-    precision: str = "fp32",
-    compiled: bool = False,
-) -> dict[str, Any]:
-    """Deblur one video from object storage to object storage; returns its record.
-
-    Bad input gives ``status="failed"``, ``error_kind="input"`` with the reason (not worth
-    retrying). Anything else (storage trouble that outlasted the client's retries, a bug) raises:
-    the caller retries. ``precision`` as in ``deblur_file``; an int8 ``model`` may come quantized.
-    """
-    from deblur.inference import deblur_file
-    from deblur.video import VideoError
-
-    record: dict[str, Any] = {
-        "key": task.key,
-        "source": task.source,
-        "destination": task.destination,
-        "version": task.version,
-        "precision": precision,
-        "status": "ok",
-        "error": None,
-    }
-    started = time.perf_counter()
-    try:
-        with tempfile.TemporaryDirectory(prefix="deblur-batch-") as tmpdir:
-            local = Path(tmpdir) / f"output{PurePosixPath(task.key).suffix or '.mp4'}"
-            with storage.open_input(task.source) as handle:
-                result = deblur_file(
-                    handle,
-                    local,
-                    model,
-                    device=device,
-                    encoder=encoder,
-                    name=task.source,
-                    precision=precision,
-                    compiled=compiled,
-                )
-            storage.commit_file(local, task.destination, staging_uri=staging_uri)
-        seconds = time.perf_counter() - started
-        record.update(
-            frames=result.frames,
-            width=result.info.width,
-            height=result.info.height,
-            video_fps=str(result.info.fps),
-            seconds=round(seconds, 3),
-            fps=round(result.frames / seconds, 3) if seconds > 0 else None,
-            compiled=result.compiled,
-            precision=result.precision,
-            **({"precision_note": result.precision_note} if result.precision_note else {}),
-            **({"timestamp_repair": result.timestamp_repair} if result.timestamp_repair else {}),
-            **({"format_note": result.format_note} if result.format_note else {}),
-        )
-    except VideoError as error:
-        record.update(
-            status="failed", error=str(error), error_kind="input", seconds=round(time.perf_counter() - started, 3)
-        )
-    return record
-
-
-class VideoWorker:
-    """The body of a batch actor: one model, one video at a time, state never shared between videos."""
-
-    def __init__(
-        self,
-        checkpoint: str | None,
-        device: str,
-        torch_threads: int,
-        encoder: dict[str, Any],
-        precision: str = "fp32",
-        compiled: bool = False,
-    ) -> None:
-        import torch
-
-        from deblur.checkpoint import load_model
-        from deblur.engine import resolve_device
-        from deblur.precision import check_precision
-        from deblur.video import EncoderOptions
-
-        if torch_threads > 0:
-            torch.set_num_threads(torch_threads)
-        self.device = resolve_device(device)
-        self.precision = check_precision(precision, self.device)
-        model = load_model(checkpoint)
-        if precision == "int8":
-            from deblur.quantize import quantize_model
-
-            # Quantizing (calibration included) takes seconds: once per actor, not once per video.
-            # The engine uses an already quantized model as it is.
-            model = quantize_model(model.eval())
-        else:
-            from deblur.engine import prepare_model
-
-            # Prepared once, so every video's engine shares it (and, compiled, its compiled code).
-            model = prepare_model(model, self.device)
-        self.model = model
-        self.compiled = compiled
-        self.encoder = EncoderOptions(**encoder)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def deblur(self, task: VideoTask, staging_uri: str) -> dict[str, Any]:
-        return deblur_object(
-            task,
-            self.model,
-            staging_uri=staging_uri,
-            device=self.device,
-            encoder=self.encoder,
-            precision=self.precision,
-            compiled=self.compiled,
-        )
 
 
 @dataclass(frozen=True)
@@ -415,7 +263,7 @@ def run_batch(
     config = config or BatchConfig()
     input_prefix, output_prefix = storage.absolute(input_prefix), storage.absolute(output_prefix)
     if config.checkpoint is not None:
-        config = replace(config, checkpoint=storage.absolute(config.checkpoint))
+        config = config.model_copy(update={"checkpoint": storage.absolute(config.checkpoint)})
     started = time.perf_counter()
     tasks, done, rejected = plan_batch(input_prefix, output_prefix, config.include, retry_failed=retry_failed)
     if not tasks and not done and not rejected:
@@ -439,7 +287,7 @@ def run_batch(
         "format": MANIFEST_FORMAT,
         "input": input_prefix,
         "output": output_prefix,
-        "config": asdict(config),
+        "config": config.to_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "summary": {s: sum(r["status"] == s for r in everything) for s in ("ok", "failed")},
         "videos": everything,
@@ -455,6 +303,113 @@ def run_batch(
     )
 
 
+class _ActorPool:
+    """A pool of ``VideoWorker`` actors working through a queue of videos: a video whose actor died
+    goes back to the queue (``max_retries`` times) and a new actor takes the dead one's place."""
+
+    def __init__(
+        self,
+        config: BatchConfig,
+        output_prefix: str,
+        *,
+        gpus: float,
+        bar: Any,
+        on_actor: Callable[[Any, int], None] | None,
+    ) -> None:
+        import ray
+
+        self.config, self.output_prefix, self.bar, self.on_actor = config, output_prefix, bar, on_actor
+        self.staging = _control(output_prefix, "staging")
+        self.threads = config.torch_threads or max(1, int(config.cpus_per_actor))
+        self.actor_class = ray.remote(num_cpus=config.cpus_per_actor, num_gpus=gpus, max_restarts=0)(VideoWorker)
+        self.queue: deque[VideoTask] = deque()
+        self.attempts: dict[str, int] = {}
+        self.idle: list[Any] = []
+        self.in_flight: dict[Any, tuple[Any, VideoTask, str]] = {}  # ref -> (actor, task, its staging prefix)
+        self.records: list[dict[str, Any]] = []
+        self.frames_done, self.started = 0, time.perf_counter()
+
+    def start_actor(self) -> Any:
+        import ray
+
+        config = self.config
+        encoder = {"lossless": config.lossless, "crf": config.crf, "preset": config.preset}
+        actor = self.actor_class.remote(
+            config.checkpoint, config.device, self.threads, encoder, config.precision, config.compiled
+        )
+        if self.on_actor is not None:
+            self.on_actor(actor, ray.get(actor.pid.remote()))
+        return actor
+
+    def finish(self, record: dict[str, Any]) -> None:
+        record["attempts"] = self.attempts.get(record["key"], 0) + 1
+        _write_json(_record_uri(self.output_prefix, record["key"]), record)
+        self.records.append(record)
+        self.frames_done += record.get("frames") or 0
+        if self.bar is not None:
+            elapsed = time.perf_counter() - self.started
+            failed = sum(r["status"] != "ok" for r in self.records)
+            self.bar.set_postfix(frames_per_s=f"{self.frames_done / elapsed:.1f}", failed=failed)
+            self.bar.update(1)
+
+    def retry_or_fail(self, task: VideoTask, error: str) -> None:
+        self.attempts[task.key] = self.attempts.get(task.key, 0) + 1
+        if self.attempts[task.key] <= self.config.max_retries:
+            self.queue.append(task)
+            return
+        self.attempts[task.key] -= 1  # the record counts attempts made, not retries granted
+        # Not the video's fault as far as we know: a rerun tries it again.
+        self.finish(
+            failure_record(
+                task.key,
+                task.source,
+                task.destination,
+                task.version,
+                error,
+                kind="transient",
+                precision=self.config.precision,
+            )
+        )
+
+    def run(self, tasks: list[VideoTask], size: int) -> list[dict[str, Any]]:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        self.queue.extend(tasks)
+        self.idle = [self.start_actor() for _ in range(size)]
+        while self.queue or self.in_flight:
+            while self.queue and self.idle:
+                actor, task = self.idle.pop(), self.queue.popleft()
+                attempt = storage.join_uri(self.staging, uuid.uuid4().hex)
+                ref = actor.deblur.remote(task, storage.join_uri(attempt, task.key))
+                self.in_flight[ref] = (actor, task, attempt)
+            (ref,), _ = ray.wait(list(self.in_flight), num_returns=1)
+            actor, task, attempt = self.in_flight.pop(ref)
+            try:
+                self.finish(ray.get(ref))
+                self.idle.append(actor)
+            except RayActorError as error:
+                # The actor (or its node) died mid-video: its partial upload goes, a new actor
+                # takes its place, and the video starts again from its first frame.
+                storage.delete_prefix(attempt)
+                _abort_uploads([task.destination])
+                ray.kill(actor)
+                self.idle.append(self.start_actor())
+                self.retry_or_fail(task, f"actor died: {str(error).splitlines()[0]}")
+            except RayTaskError as error:
+                self.idle.append(actor)
+                cause = error.cause if getattr(error, "cause", None) is not None else error
+                self.retry_or_fail(task, f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+        return self.records
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.idle + [a for a, _, _ in self.in_flight.values()]:
+            ray.kill(actor)
+        storage.delete_prefix(self.staging)
+
+
 def _run_actors(
     tasks: list[VideoTask],
     output_prefix: str,
@@ -464,15 +419,12 @@ def _run_actors(
     on_actor: Callable[[Any, int], None] | None,
 ) -> list[dict[str, Any]]:
     """Deblur ``tasks`` on a pool of actors; the record of each, written as it ends."""
-    import ray
     import torch
-    from ray.exceptions import RayActorError, RayTaskError
 
     from deblur.checkpoint import load_checkpoint
     from deblur.cluster import connect_ray
     from deblur.precision import check_precision
 
-    started = time.perf_counter()
     load_checkpoint(config.checkpoint)  # fail here, once, with a clear message, not in every actor
     connect_ray()
     gpus = config.gpus_per_actor
@@ -481,93 +433,17 @@ def _run_actors(
     # The device an actor will pick, so that int8 on a GPU or fp16 on a CPU fails here, once.
     device = config.device if config.device != "auto" else "cuda" if gpus else "cpu"
     check_precision(config.precision, torch.device(device))
-    staging = _control(output_prefix, "staging")
-    storage.delete_prefix(staging)  # what killed runs left behind
+    storage.delete_prefix(_control(output_prefix, "staging"))  # what killed runs left behind
     _abort_uploads([task.destination for task in tasks])  # and commits cut off mid-copy
-    size = _pool_size(config, gpus, len(tasks))
-    threads = config.torch_threads or max(1, int(config.cpus_per_actor))
-    encoder = {"lossless": config.lossless, "crf": config.crf, "preset": config.preset}
-    actor_class = ray.remote(num_cpus=config.cpus_per_actor, num_gpus=gpus, max_restarts=0)(VideoWorker)
-
-    def start_actor() -> Any:
-        actor = actor_class.remote(
-            config.checkpoint, config.device, threads, encoder, config.precision, config.compiled
-        )
-        if on_actor is not None:
-            on_actor(actor, ray.get(actor.pid.remote()))
-        return actor
-
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(tasks), unit="video", desc="deblur batch", dynamic_ncols=True)
-    queue: deque[VideoTask] = deque(tasks)
-    attempts: dict[str, int] = {}
-    idle = [start_actor() for _ in range(size)]
-    in_flight: dict[Any, tuple[Any, VideoTask, str]] = {}  # ref -> (actor, task, its staging prefix)
-    records: list[dict[str, Any]] = []
-    frames_done = 0
-
-    def finish(record: dict[str, Any]) -> None:
-        nonlocal frames_done
-        record["attempts"] = attempts.get(record["key"], 0) + 1
-        _write_json(_record_uri(output_prefix, record["key"]), record)
-        records.append(record)
-        frames_done += record.get("frames") or 0
-        if bar is not None:
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(
-                frames_per_s=f"{frames_done / elapsed:.1f}", failed=sum(r["status"] != "ok" for r in records)
-            )
-            bar.update(1)
-
-    def retry_or_fail(task: VideoTask, error: str) -> None:
-        attempts[task.key] = attempts.get(task.key, 0) + 1
-        if attempts[task.key] <= config.max_retries:
-            queue.append(task)
-        else:
-            attempts[task.key] -= 1  # the record counts attempts made, not retries granted
-            # Not the video's fault as far as we know: a rerun tries it again.
-            finish(
-                _failure(
-                    task.key,
-                    task.source,
-                    task.destination,
-                    task.version,
-                    error,
-                    kind="transient",
-                    precision=config.precision,
-                )
-            )
-
+    pool = _ActorPool(config, output_prefix, gpus=gpus, bar=bar, on_actor=on_actor)
     try:
-        while queue or in_flight:
-            while queue and idle:
-                actor, task = idle.pop(), queue.popleft()
-                attempt = storage.join_uri(staging, uuid.uuid4().hex)
-                in_flight[actor.deblur.remote(task, storage.join_uri(attempt, task.key))] = (actor, task, attempt)
-            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
-            actor, task, attempt = in_flight.pop(ref)
-            try:
-                finish(ray.get(ref))
-                idle.append(actor)
-            except RayActorError as error:
-                # The actor (or its node) died mid-video: its partial upload goes, a new actor
-                # takes its place, and the video starts again from its first frame.
-                storage.delete_prefix(attempt)
-                _abort_uploads([task.destination])
-                ray.kill(actor)
-                idle.append(start_actor())
-                retry_or_fail(task, f"actor died: {str(error).splitlines()[0]}")
-            except RayTaskError as error:
-                idle.append(actor)
-                cause = error.cause if getattr(error, "cause", None) is not None else error
-                retry_or_fail(task, f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+        return pool.run(tasks, _pool_size(config, gpus, len(tasks)))
     finally:
         if bar is not None:
             bar.close()
-        for actor in idle + [a for a, _, _ in in_flight.values()]:
-            ray.kill(actor)
-        storage.delete_prefix(staging)
-    return records
+        pool.close()

@@ -23,7 +23,8 @@ import pytest
 from deblur.batch import VideoTask, deblur_object
 from deblur.checkpoint import load_model
 from deblur.cli import main
-from deblur.video import _Timestamps, probe_video, transform_video
+from deblur.video import probe_video, transform_video
+from deblur.video.timestamps import Timestamps
 from media import write_h264_with_timestamps
 
 CONTAINERS = ["mp4", "mkv", "mov"]
@@ -194,7 +195,7 @@ def test_the_shared_writer_repairs_for_the_batch_job_and_the_endpoint(tmp_path: 
     check_output(tmp_path / "batch.mkv", 8)
 
 
-def give(timestamps: _Timestamps, source: list[int | None]) -> list[int]:
+def give(timestamps: Timestamps, source: list[int | None]) -> list[int]:
     out = [t for i, ticks in enumerate(source) for _, t in timestamps.push(i, ticks)]
     return out + [t for _, t in timestamps.finish()]
 
@@ -223,7 +224,7 @@ def give(timestamps: _Timestamps, source: list[int | None]) -> list[int]:
     ],
 )
 def test_timestamp_rules(step: int, source: list[int | None], expected: list[int] | None) -> None:
-    timestamps = _Timestamps(step)
+    timestamps = Timestamps(step)
     out = give(timestamps, source)
     assert len(out) == len(source)
     assert all(b > a for a, b in itertools.pairwise(out)), out

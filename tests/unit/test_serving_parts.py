@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from dataclasses import asdict, replace
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -123,7 +123,7 @@ def test_serve_config_yaml_states_every_default() -> None:
     """serve/config.yaml (and so infra/k8s/rayservice.yaml, rendered from it) lists every setting at its default."""
     (app,) = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())["applications"]
     args = app["args"]
-    defaults = asdict(ServingConfig())
+    defaults = ServingConfig().to_dict()
     defaults["allowed_prefixes"] = list(defaults["allowed_prefixes"])
     assert sorted(args) == sorted(defaults)
     assert args == defaults

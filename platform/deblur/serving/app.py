@@ -25,7 +25,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -215,7 +214,7 @@ class DeblurApi:
         actor = (
             ray.remote(SessionActor)
             .options(**self._actor_options(self.session_prefix + session_id))
-            .remote(session_id, asdict(self.config), self.threads)
+            .remote(session_id, self.config.to_dict(), self.threads)
         )
         wait = self.config.session_start_timeout_s
         try:
@@ -479,7 +478,7 @@ class DeblurApi:
         options = self._actor_options(JOB_PREFIX + job_id)
         work = {"num_cpus": options.pop("num_cpus"), "num_gpus": options.pop("num_gpus")}
         ray.remote(JobActor).options(**options, num_cpus=0).remote(
-            job_id, source, destination, asdict(self.config), self.threads, work
+            job_id, source, destination, self.config.to_dict(), self.threads, work
         )
         return {"job_id": job_id, "status": "running", "input": source, "output": destination}
 
@@ -496,4 +495,4 @@ class DeblurApi:
 def build_app(args: dict[str, Any] | None = None) -> Any:
     """Serve application builder: ``import_path: deblur.serving:build_app`` with ``args`` = ServingConfig."""
     config = ServingConfig.from_dict(args)  # a bad setting fails here, before any replica starts
-    return DeblurApi.bind(asdict(config))
+    return DeblurApi.bind(config.to_dict())

@@ -258,50 +258,56 @@ def describe_bundle(provenance: dict, weights: Path) -> str:
     trained = f"about {hours:.1f} h of {precision}" if hours else precision
     init = provenance.get("init")
     start = "fine-tuned from the previous bundled model" if init else "trained from a random start"
+    # A run trained in stages (resumed, or restarted from its own weights) records them in ``history``.
+    steps = provenance.get("history") or (
+        f"{start}: {provenance['step']} steps of batch {config['batch_size']} ({config['sequence_frames']} "
+        f"frames, {config['crop']}x{config['crop']} crops)"
+    )
     lines = [
         f"The bundled model (`{shown}`, the default of `deblur video`): STRCNN+DTB, m = 1, preset "
-        f"`{provenance['preset']}`, {start}: {provenance['step']} steps of batch {config['batch_size']} "
-        f"({config['sequence_frames']} frames, {config['crop']}x{config['crop']} crops), {trained} on "
-        f"{machine.split(';')[0]}, by `{provenance['recipe']}` (commit {provenance.get('packaged_commit', '?')}).",
+        f"`{provenance['preset']}`, {steps}; {trained} on {machine.split(';')[0]}, by "
+        f"`{provenance['recipe']}` (commit {provenance.get('packaged_commit', '?')}).",
         "",
-        f"**Data.** {provenance['data']['photos']}. `deblur corpus --photos ... --set motion=mixed` renders "
-        "240 fps videos of them (static and tripod shots, slow and fast pans, hand-held shake, moving "
-        "objects), and `deblur synth` makes blurry/sharp pairs by Eq. 1 in linear light with "
-        "exposures of 7-23 frames, then degrades the blurry frames as a camera would (clipped "
-        "highlights, Poisson-Gaussian noise, H.264 at CRF 18-28). A tenth of the photographs is held "
-        "out: their videos are the evaluation set below. The weights are ours; the photographs' terms "
-        "bind research use of the data, not of this code.",
+        f"**Data.** {provenance['data']['photos']}. `deblur corpus --photos` renders 240 fps videos of "
+        "them (still, tripod, pans, hand-held shake, moving objects); `deblur synth` blurs them by Eq. 1 "
+        "in linear light and degrades the blurry frames as a camera would (clipped highlights, noise, "
+        "H.264). A tenth of the photographs is held out: the evaluation below.",
         "",
     ]
     lines += _card_table(provenance)
     pictures = sorted((REPO / "docs" / "images" / "real").glob("*.png"))
     if pictures:
-        lines += ["", "Real footage, input left, output right (`deblur evaluate --real-videos`):", ""]
+        lines += ["", "Real footage, input left, output right:", ""]
         lines += [f"![{p.stem}](docs/images/real/{p.name})" for p in pictures if "bmx" in p.name or "bedroom" in p.name]
     del evaluation
     return "\n".join(lines)
 
 
 def _card_table(provenance: dict) -> list[str]:
-    """One table: this model beside the one it was fine-tuned from, on every check."""
+    """One table: this model beside the previous bundled model (or its initial weights), on every check."""
     new, checks = provenance["evaluation"], provenance["real_checks"]
-    old = checks.get("initial")
-    head = "| check | previous model | this model |" if old else "| check | this model |"
+    # The previous bundled model when it was scored beside this one; else the run's initial weights.
+    old = checks.get("previous") or checks.get("initial")
+    theirs_label = "previous bundled model" if "previous" in checks else "initial weights"
+    head = f"| check | {theirs_label} | this model |" if old else "| check | this model |"
     rows = [head, "|---|---|---|" if old else "|---|---|"]
 
     def row(label: str, ours: str, theirs: str | None) -> None:
         rows.append(f"| {label} | {theirs} | {ours} |" if old else f"| {label} | {ours} |")
 
-    held = f"held-out videos ({new['clips']} clips): PSNR gain over the blurry input ({new['input_psnr']:.2f} dB)"
+    held = f"held-out videos ({new['clips']} clips): PSNR gain over the input ({new['input_psnr']:.2f} dB)"
     row(held, f"**{new['psnr_gain']:+.2f} dB**", f"{old['evaluation']['psnr_gain']:+.2f} dB" if old else None)
-    for label, s in new.get("by_blur", {}).items():
-        row(f"&nbsp;&nbsp;blur {label} ({s['frames']:.0f} frames)", f"{s['psnr'] - s['input_psnr']:+.2f} dB", "")
+    old_bins = old["evaluation"].get("by_blur", {}) if old else {}
+    for label, s in sorted(new.get("by_blur", {}).items(), key=lambda item: float(item[0].split("-")[0])):
+        b = old_bins.get(label)
+        theirs = f"{b['psnr'] - b['input_psnr']:+.2f} dB" if b else ""
+        row(f"&nbsp;&nbsp;blur {label} ({s['frames']:.0f} frames)", f"{s['psnr'] - s['input_psnr']:+.2f} dB", theirs)
     for condition, s in checks["no_harm"]["summary"].items():
         if condition == "clean":
-            label, ours = "still sharp photographs: output against input", f"{s['output_vs_input']:.2f} dB"
+            label, ours = "still sharp photographs: output vs input", f"{s['output_vs_input']:.2f} dB"
             theirs = f"{old['no_harm']['summary'][condition]['output_vs_input']:.2f} dB" if old else None
         else:
-            label = f"still, {condition}: output against clean (input {s['input_vs_clean']:.2f} dB)"
+            label = f"still, {condition}: output vs clean (input {s['input_vs_clean']:.2f} dB)"
             ours = f"{s['output_vs_clean']:.2f} dB"
             theirs = f"{old['no_harm']['summary'][condition]['output_vs_clean']:.2f} dB" if old else None
         row(label, ours, theirs)
@@ -309,7 +315,7 @@ def _card_table(provenance: dict) -> list[str]:
         if not name.startswith("vid4/"):  # the nearly sharp sequences; the others are shown as pictures
             continue
         theirs = f"{old['real'][name]['output_vs_input']:.2f} dB" if old and name in old["real"] else None
-        row(f"real sharp video `{name}`: output against input", f"{r['output_vs_input']:.2f} dB", theirs)
+        row(f"real sharp video `{name}`: output vs input", f"{r['output_vs_input']:.2f} dB", theirs)
     return rows
 
 

@@ -11,13 +11,13 @@ from deblur import storage
 from deblur.batch import (
     BatchConfig,
     _abort_uploads,
-    _failure,
     _record_uri,
     _write_json,
     deblur_object,
     plan_batch,
     run_batch,
 )
+from deblur.batch_worker import failure_record
 from deblur.cli import main
 from media import write_test_video
 from tiny import tiny_model
@@ -75,7 +75,9 @@ def test_rerun_skips_bad_input_and_retries_transient_failures(
         assert record["status"] == "failed" and record["error_kind"] == "input" and key in record["error"]
         _write_json(_record_uri(out, key), record)
     flaky = tasks["flaky.mp4"]
-    died = _failure(flaky.key, flaky.source, flaky.destination, flaky.version, "actor died: ...", kind="transient")
+    died = failure_record(
+        flaky.key, flaky.source, flaky.destination, flaky.version, "actor died: ...", kind="transient"
+    )
     _write_json(_record_uri(out, "flaky.mp4"), died)
     storage.write_bytes(f"{inp}/changed.mp4", b"\x00\x00\x00\x20ftypisom" + b"\x03" * 3000)  # a new version
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -448,7 +447,7 @@ def documented_gpu_serve_config() -> dict[str, Any]:
 
 def test_serve_config_args_and_deployments_are_those_of_build_app() -> None:
     name, options = build_app_deployment()
-    known = {f.name for f in fields(ServingConfig)}
+    known = set(ServingConfig.model_fields)
     for source, config in serve_configs():
         (app,) = config["applications"]
         assert app["import_path"] == "deblur.serving:build_app", source

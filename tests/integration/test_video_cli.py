@@ -175,7 +175,7 @@ def test_bundled_model_is_the_default_and_says_where_it_came_from(
     bundled = load_checkpoint(None)
     assert (bundled.config.variant, bundled.config.m) == ("strcnn_dtb", 1)  # the paper's final model
     provenance = bundled.provenance
-    assert provenance["preset"] == "cpu-small"
+    assert provenance["preset"] == "cpu-real"
     assert provenance["step"] == provenance["train_config"]["steps"] > 0  # a finished run, not a snapshot
     assert re.fullmatch(r"[0-9a-f]{7,40}", provenance["packaged_commit"])
     # A run the recipe resumed does not know the commit that trained it, and says so.

@@ -197,6 +197,18 @@ def test_noise_augmentation_adds_noise_to_the_blurry_frames_only() -> None:
     assert max(sigmas) > 2.0 and min(sigmas) < max(sigmas) and max(sigmas) < 6.5  # drawn per sample, up to 6
 
 
+def test_sharp_fraction_gives_some_samples_their_sharp_frames_as_input() -> None:
+    rows = {"frames": 6, "height": 24, "width": 24, "video_id": "v.mp4", "clip": 0, "start": 0}
+    blurry, sharp = np.full((6, 24, 24, 3), 60, np.uint8), np.full((6, 24, 24, 3), 200, np.uint8)
+    row = {**rows, "blurry": blurry.tobytes(), "sharp": sharp.tobytes()}
+    sampler = _CropSampler(frames=5, crop=16, flips=False, seed=0, samples=400, sharp_fraction=0.25)
+    samples = list(sampler(row))
+    assert all((s["sharp"] == 200).all() for s in samples)
+    from_sharp = [bool((s["blurry"] == 200).all()) for s in samples]
+    assert all(from_sharp[i] or (samples[i]["blurry"] == 60).all() for i in range(len(samples)))
+    assert 0.18 < sum(from_sharp) / len(samples) < 0.32
+
+
 def test_sensor_noise_has_the_drawn_sigma() -> None:
     flat = np.full((4, 64, 64, 3), 100, np.uint8)
     rng = np.random.default_rng(1)

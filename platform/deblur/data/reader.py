@@ -80,12 +80,20 @@ class _CropSampler:
     """Row -> ``samples`` random training samples; the RNG is per worker process, seeded from ``seed``."""
 
     def __init__(
-        self, *, frames: int, crop: int, flips: bool, seed: int | None, samples: int, noise_sigma: float = 0.0
+        self,
+        *,
+        frames: int,
+        crop: int,
+        flips: bool,
+        seed: int | None,
+        samples: int,
+        noise_sigma: float = 0.0,
+        sharp_fraction: float = 0.0,
     ) -> None:
         import os
 
         self.frames, self.crop, self.flips, self.samples = frames, crop, flips, samples
-        self.noise_sigma = noise_sigma
+        self.noise_sigma, self.sharp_fraction = noise_sigma, sharp_fraction
         self.rng = np.random.default_rng(None if seed is None else [seed, os.getpid()])
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -95,6 +103,8 @@ class _CropSampler:
             b, s = sample_training_crop(
                 blurry, sharp, rng=self.rng, frames=self.frames, crop=self.crop, flips=self.flips
             )
+            if self.sharp_fraction > 0 and self.rng.random() < self.sharp_fraction:
+                b = s.copy()  # sharp video in, the same video out: what not to harm
             if self.noise_sigma > 0:
                 b = add_gaussian_noise(b, rng=self.rng, max_sigma=self.noise_sigma)
             yield {"blurry": b, "sharp": s, "key": key}
@@ -102,7 +112,7 @@ class _CropSampler:
 
 # One sampler per process and setting: its RNG runs on across the tasks (and epochs) this Ray
 # worker process runs, so a later pass over a window draws new crops, not the same ones again.
-_SAMPLERS: dict[tuple[int, int, bool, int | None, int, float], _CropSampler] = {}
+_SAMPLERS: dict[tuple[int, int, bool, int | None, int, float, float], _CropSampler] = {}
 
 
 def _sample_shard(
@@ -114,12 +124,19 @@ def _sample_shard(
     seed: int | None,
     samples: int,
     noise_sigma: float = 0.0,
+    sharp_fraction: float = 0.0,
 ) -> Iterator[dict[str, Any]]:
     """Random training samples from every window of one shard, in the task that reads it."""
-    key = (frames, crop, flips, seed, samples, noise_sigma)
+    key = (frames, crop, flips, seed, samples, noise_sigma, sharp_fraction)
     if key not in _SAMPLERS:
         _SAMPLERS[key] = _CropSampler(
-            frames=frames, crop=crop, flips=flips, seed=seed, samples=samples, noise_sigma=noise_sigma
+            frames=frames,
+            crop=crop,
+            flips=flips,
+            seed=seed,
+            samples=samples,
+            noise_sigma=noise_sigma,
+            sharp_fraction=sharp_fraction,
         )
     sampler = _SAMPLERS[key]
     for row in _read_shard(item):
@@ -161,6 +178,7 @@ def read_training_dataset(
     seed: int | None = None,
     samples_per_window: int = 4,
     noise_sigma: float = 0.0,
+    sharp_fraction: float = 0.0,
     num_cpus: float = 0.25,
 ) -> Any:
     """A Ray Dataset of random training samples ``{"blurry", "sharp", "key"}``.
@@ -175,6 +193,8 @@ def read_training_dataset(
     ...}``; each worker reads its shard with ``iter_batches`` and a local shuffle buffer, which
     mixes crops of different windows and videos. ``noise_sigma`` > 0 adds Gaussian noise of a
     sigma drawn per sample up to it to the blurry frames (``add_gaussian_noise``).
+    ``sharp_fraction`` of the samples take their sharp frames as input (noise is added to them
+    as to any input): sharp video must come out as it went in, and noisy video no noisier.
 
     Every step runs on a fraction of a CPU (``num_cpus``) so it fits beside training workers that
     reserved the rest. The shards are read with a plain ``flat_map`` rather than ``read_parquet``:
@@ -196,6 +216,7 @@ def read_training_dataset(
         "seed": seed,
         "samples": samples_per_window,
         "noise_sigma": noise_sigma,
+        "sharp_fraction": sharp_fraction,
     }
     return dataset.flat_map(_sample_shard, fn_kwargs=sample, num_cpus=num_cpus)
 

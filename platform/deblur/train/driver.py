@@ -383,6 +383,7 @@ def run_training(
         seed=config.seed,
         samples_per_window=config.samples_per_window,
         noise_sigma=config.noise_sigma,
+        sharp_fraction=config.sharp_fraction,
     )
     filesystem, path = storage.filesystem_for(storage_path)
     resources_per_worker = {"CPU": config.cpus_per_worker}

@@ -85,6 +85,7 @@ class TrainConfig(Settings):
     crop: StrictInt = Field(128, ge=1)
     samples_per_window: StrictInt = Field(4, ge=1)  # random crops drawn from each stored window per pass over the data
     noise_sigma: Number = Field(0.0, ge=0)  # up to this sigma (8-bit levels) of noise on a sample's blurry frames
+    sharp_fraction: Number = Field(0.0, ge=0, le=1)  # samples whose input is their own sharp frames
     lr: Number = Field(1e-4, gt=0)
     lr_decay: Number = Field(0.96, gt=0, le=1)
     lr_decay_every: StrictInt = Field(10_000, ge=1)

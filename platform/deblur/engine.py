@@ -26,6 +26,7 @@ from torch import Tensor
 
 from deblur.model import DEAD_WEIGHT, DeblurNet, RecurrentState, has_dead_weights, zero_dead_weights
 from deblur.precision import PRECISIONS, check_precision, choose_precision, slow_precision_warning
+from deblur.tiling import step_radius, tiled_step
 
 # PRECISIONS, check_precision (deblur.precision) and DEAD_WEIGHT, zero_dead_weights (deblur.model)
 # are named here too, for the callers that import them from the engine.
@@ -113,6 +114,11 @@ def _is_prepared(model: DeblurNet, device: torch.device) -> bool:
 STARTUP_CHECK_FRAMES = 3
 STARTUP_CHECK_DB = 45.0
 
+# Frames of more pixels than 1080p run in tiles of at most TILE_EDGE a side (``deblur.tiling``):
+# the whole-frame step's full-size activations grow past what a GPU or a batch actor holds.
+TILE_ABOVE_PIXELS = 1920 * 1088
+TILE_EDGE = 1920
+
 
 class OnlineDeblurrer:
     """Streams RGB uint8 frames (H, W, 3) through a DeblurNet with latency m.
@@ -132,7 +138,14 @@ class OnlineDeblurrer:
         compiled: bool = False,
         check_db: float = STARTUP_CHECK_DB,
         cpuinfo: str | None = None,
+        tile: int | None = None,
     ) -> None:
+        # ``tile``: None tiles frames above TILE_ABOVE_PIXELS in tiles of TILE_EDGE; 0 never tiles;
+        # an even N > 0 always runs tiles of at most N a side. The output is the same either way.
+        if tile is not None and (tile < 0 or tile % 2):
+            raise ValueError(f"tile must be 0 or an even number of pixels, got {tile}")
+        self.tile_request = tile
+        self.tile = 0  # the tile edge in use, decided at the first frame
         self.device = resolve_device(device)
         self.requested = check_precision(precision, self.device)
         # ``auto``: the device's fastest precision, run beside fp32 on the first frames (_checked).
@@ -142,7 +155,9 @@ class OnlineDeblurrer:
             precision, why = choose_precision(self.device, cpuinfo)
             self.precision_note = f"precision auto: {precision} ({why})"
             if precision != "fp32":
-                self._shadow = OnlineDeblurrer(model, device=self.device, precision="fp32", compiled=compiled)
+                self._shadow = OnlineDeblurrer(
+                    model, device=self.device, precision="fp32", compiled=compiled, tile=tile
+                )
         self.precision = precision
         self.check_db = check_db
         self._check_left = STARTUP_CHECK_FRAMES
@@ -255,6 +270,7 @@ class OnlineDeblurrer:
         h, w = frame.shape[:2]
         if self._size is None:
             self._size = (h, w)
+            self.tile = choose_tile(h, w, self.tile_request)
         elif self._size != (h, w):
             raise ValueError(f"frame {self._received} is {w}x{h}, the video is {self._size[1]}x{self._size[0]}")
         x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device)
@@ -280,12 +296,23 @@ class OnlineDeblurrer:
             _, _, _, hp, wp = window.shape
             self._state = self.model.init_state(1, hp, wp, device=self.device)
         with self.autocast():
-            out, self._state = self._step(window, self._state)
+            if self.tile:
+                halo = step_radius(self.model.config)
+                out, self._state = tiled_step(self._step, window, self._state, tile=self.tile, halo=halo)
+            else:
+                out, self._state = self._step(window, self._state)
         out = out.float()
         h, w = self._size  # type: ignore[misc]
         out = out[0, :, :h, :w].clamp_(0.0, 1.0).mul_(255.0).round_()
         self._emitted += 1
         return out.to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
+
+
+def choose_tile(height: int, width: int, request: int | None) -> int:
+    """The tile edge for a video of this size (0: the whole frame), as ``OnlineDeblurrer`` takes ``tile``."""
+    if request is not None:
+        return request if request and request < max(height, width) else 0
+    return TILE_EDGE if height * width > TILE_ABOVE_PIXELS else 0
 
 
 _COMPILED: weakref.WeakKeyDictionary[DeblurNet, Callable[..., Any]] = weakref.WeakKeyDictionary()

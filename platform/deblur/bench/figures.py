@@ -47,8 +47,16 @@ class PerfRun:
 
     @property
     def roofline(self) -> float:
-        """The device's limit, GFLOP/s (measured by the first figure)."""
+        """The device's fp32 limit, GFLOP/s (measured by the first figure)."""
         return float(self.results["roofline"]["roofline"])
+
+    def roofline_of(self, precision: str) -> float:
+        """The device's limit in ``precision``, GFLOP/s, measured the first time it is asked for."""
+        if precision == "fp32":
+            return self.roofline
+        limit = self.once(f"roofline_{precision}", lambda: measure_roofline(self.echo, precision=precision))
+        self.results[f"roofline_{precision}"] = limit
+        return float(limit["roofline"])
 
     @property
     def frames(self) -> int:
@@ -133,9 +141,15 @@ def perf_figures(*, quick: bool, amx: bool) -> list[Figure]:
     if amx:
         figures.append(Figure("bf16 (AMX) speed-up over fp32, 640x480", bf16_speedup, ">= 2x"))
         figures.append(Figure("bf16 PSNR change vs fp32 (held-out clips)", bf16_psnr, ">= -0.1 dB"))
+        # bf16 is what precision auto runs on a CPU with AMX: held to its own limit.
+        figures.append(Figure("roofline bf16 (AMX; best of bf16 matmul, 3x3 conv)", roofline_bf16))
+        for (width, height), goal in (((640, 480), ">= 7 fps, >= 70%"), ((1280, 720), ">= 70%")):
+            measure = partial(model_alone, width=width, height=height, precision="bf16")
+            figures.append(Figure(f"model alone bf16 {width}x{height} (auto here)", measure, goal))
     figures += [
         Figure("whole file 640x480 vs model alone", whole_file, ">= 90%"),
         Figure("peak memory 1000 vs 100 frames, 160x120", memory, "within 5%"),
+        Figure("peak memory, one 3840x2160 frame fp32: tiled (default) vs whole", memory_4k),
         Figure("100 frames 1280x720 (Table 2)", table_2, "paper: 12.6 s on GPU"),
     ]
     if not quick:
@@ -179,13 +193,19 @@ def roofline(run: PerfRun) -> str:
     return f"{run.roofline:.0f} GFLOP/s"
 
 
-def model_alone(run: PerfRun, *, width: int, height: int) -> str:
-    fig = measure_model(run.model, width=width, height=height, frames=run.frames)
-    run.results[f"model_{width}x{height}"] = fig
-    ratio = fig["gflops"] / run.roofline
+def roofline_bf16(run: PerfRun) -> str:
+    return f"{run.roofline_of('bf16'):.0f} GFLOP/s"
+
+
+def model_alone(run: PerfRun, *, width: int, height: int, precision: str = "fp32") -> str:
+    """The model's step at one size, against the roofline of its own precision."""
+    fig = measure_model(run.model, width=width, height=height, frames=run.frames, precision=precision)
+    suffix = "" if precision == "fp32" else f"_{precision}"
+    run.results[f"model_{width}x{height}{suffix}"] = fig
+    ratio = fig["gflops"] / run.roofline_of(precision)
     run.echo(
-        f"model alone, fp32, {width}x{height}: {fig['fps']:.2f} fps, {fig['gflops']:.0f} GFLOP/s "
-        f"({fig['gflop_per_frame']:.0f} GFLOP/frame), {ratio:.0%} of the roofline"
+        f"model alone, {precision}, {width}x{height}: {fig['fps']:.2f} fps, {fig['gflops']:.0f} GFLOP/s "
+        f"({fig['gflop_per_frame']:.0f} GFLOP/frame), {ratio:.0%} of the {precision} roofline"
     )
     return f"{fig['fps']:.2f} fps, {ratio:.0%} of roofline"
 
@@ -324,6 +344,23 @@ def memory(run: PerfRun) -> str:
         f"peak memory, 160x120: 100 frames {peaks[100]:.0f} MiB, 1000 frames {peaks[1000]:.0f} MiB ({growth:+.1%})"
     )
     return f"{peaks[100]:.0f} -> {peaks[1000]:.0f} MiB ({growth:+.1%})"
+
+
+def memory_4k(run: PerfRun) -> str:
+    """Peak memory of one 3840x2160 step in fresh processes, in tiles (the default) and whole."""
+    peaks = {}
+    for label, tile in (("tiled", None), ("whole", 0)):
+        code = (
+            "import numpy as np, torch\ntorch.set_num_threads(2)\n"
+            "from deblur.checkpoint import load_model\nfrom deblur.engine import OnlineDeblurrer\n"
+            f"engine = OnlineDeblurrer(load_model({run.checkpoint!r}), device='cpu', tile={tile!r})\n"
+            "frame = np.random.default_rng(0).integers(0, 256, (2160, 3840, 3), dtype=np.uint8)\n"
+            "engine.push(frame)\nengine.push(frame)\n"
+        )
+        peaks[label] = peak_rss_of(code)
+    run.results["memory_4k"] = {"peak_mib_tiled": peaks["tiled"], "peak_mib_whole": peaks["whole"]}
+    run.echo(f"peak memory, one 3840x2160 frame fp32: tiled {peaks['tiled']:.0f} MiB, whole {peaks['whole']:.0f} MiB")
+    return f"{peaks['tiled']:.0f} MiB vs {peaks['whole']:.0f} MiB"
 
 
 def table_2(run: PerfRun) -> str:

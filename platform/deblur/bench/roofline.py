@@ -1,7 +1,8 @@
-"""The device: what it is (printed with every figure) and its practical fp32 limit, the roofline.
+"""The device: what it is (printed with every figure) and its practical limit, the roofline.
 
-Every GFLOP/s figure of ``deblur bench perf`` is read against ``measure_roofline``: the best of a
-large matrix multiply and a 3x3 64->64 convolution, the fastest fp32 work this machine does.
+Every GFLOP/s figure of ``deblur bench perf`` is read against ``measure_roofline`` in the same
+precision: the best of a large matrix multiply and a 3x3 64->64 convolution, the fastest work this
+machine does in fp32, or in bf16 (AMX tiles on CPUs that have them).
 """
 
 from __future__ import annotations
@@ -65,19 +66,23 @@ def best_rate(fn: Callable[[], None], flops: float, *, repeats: int = 5, min_tim
     return best
 
 
-def measure_roofline(echo: Callable[[str], None] = print) -> dict[str, float]:
-    """The device's practical fp32 limit: a large matrix multiply and a 3x3 64->64 convolution."""
+def measure_roofline(echo: Callable[[str], None] = print, *, precision: str = "fp32") -> dict[str, float]:
+    """The device's practical limit in ``precision`` (fp32 or bf16): a large matrix multiply and a
+    3x3 64->64 convolution, each on tensors of that type."""
     import torch
     import torch.nn.functional as F
 
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"no roofline for precision {precision!r}; choose fp32 or bf16")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     results: dict[str, float] = {}
     with torch.inference_mode():
         for n in (1024, 2048, 4096):
-            a, b = torch.randn(n, n), torch.randn(n, n)
+            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
             results[f"matmul_{n}"] = best_rate(lambda a=a, b=b: torch.mm(a, b), 2 * n**3)
-        weight = torch.randn(64, 64, 3, 3)
+        weight = torch.randn(64, 64, 3, 3, dtype=dtype)
         for layout, fmt in (("nchw", torch.contiguous_format), ("nhwc", torch.channels_last)):
-            x = torch.randn(1, 64, 240, 320).contiguous(memory_format=fmt)
+            x = torch.randn(1, 64, 240, 320, dtype=dtype).contiguous(memory_format=fmt)
             w = weight.contiguous(memory_format=fmt)
             flops = 2 * 64 * 64 * 9 * 240 * 320
             results[f"conv3x3_{layout}"] = best_rate(lambda x=x, w=w: F.conv2d(x, w, padding=1), flops)
@@ -85,7 +90,7 @@ def measure_roofline(echo: Callable[[str], None] = print) -> dict[str, float]:
     conv = max(v for k, v in results.items() if k.startswith("conv"))
     results["roofline"] = max(matmul, conv)
     echo(
-        f"limit: fp32 matmul {matmul:.0f} GFLOP/s (best of 1024..4096), 3x3 conv 64->64 at 320x240 "
+        f"limit: {precision} matmul {matmul:.0f} GFLOP/s (best of 1024..4096), 3x3 conv 64->64 at 320x240 "
         f"{results['conv3x3_nchw']:.0f} (NCHW) / {results['conv3x3_nhwc']:.0f} (channels-last) GFLOP/s; "
         f"roofline {results['roofline']:.0f} GFLOP/s"
     )

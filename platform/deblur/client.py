@@ -17,6 +17,7 @@ Errors from the server raise ``EndpointError`` with its status and message.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -63,6 +64,7 @@ class Session:
         self.client, self.info, self.fmt = client, info, fmt
         self.id: str = info["session_id"]
         self.seq = 0
+        self.closed = False
 
     def push(self, frame: np.ndarray) -> list[np.ndarray]:
         if self.fmt == "raw":
@@ -98,6 +100,8 @@ class Session:
         return response.json()
 
     def close(self) -> list[np.ndarray]:
+        """End the session: the last m frames."""
+        self.closed = True
         response = self.client._http.delete(f"/v1/sessions/{self.id}", params={"output": self.fmt})
         _raise_for(response)
         payload = response.json()
@@ -107,7 +111,13 @@ class Session:
         return self
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
-        pass  # closing returns frames the caller wants: it is the caller's call, not a side effect
+        # Left without close() (an exception, or the frames were not wanted): free the server's
+        # actor now rather than at its idle timeout. An error here must not hide the caller's.
+        if not self.closed:
+            import httpx
+
+            with contextlib.suppress(EndpointError, httpx.HTTPError):
+                self.close()
 
 
 class DeblurClient:
@@ -213,6 +223,7 @@ class DeblurClient:
         session = self.session(fmt=fmt)
         ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         headers = {"X-API-Key": self.api_key} if self.api_key else None
+        # A caller that stops reading (or fails) closes the socket, which ends the session on the server.
         with connect(f"{ws_url}/v1/sessions/{session.id}/stream", additional_headers=headers, max_size=None) as ws:
             configured = False
             pending = 0

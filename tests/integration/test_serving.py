@@ -150,6 +150,38 @@ def test_websocket_stream_matches_offline(serve_endpoint: dict) -> None:
         np.testing.assert_array_equal(g, e)
 
 
+def test_a_session_left_by_an_exception_is_closed_at_once(serve_endpoint: dict) -> None:
+    with DeblurClient(serve_endpoint["url"]) as client:
+        with pytest.raises(KeyError), client.session() as session:
+            session.push(video_frames(1, 16, 16)[0])
+            raise KeyError("the caller failed")
+        # At once, not at the idle timeout: closed now, its actor on its way out.
+        try:
+            closed = session.status()["closed"]
+        except EndpointError as gone:
+            closed = gone.status
+        assert closed in ("closed by the client", 410), closed
+        wait_for(lambda: f"deblur-session-deblur/{session.id}" not in named_sessions("deblur"), "actor gone", 10)
+
+
+def test_a_stream_the_caller_stops_reading_ends_its_session(serve_endpoint: dict) -> None:
+    before = set(named_sessions("deblur"))
+    with DeblurClient(serve_endpoint["url"]) as client:
+        stream = client.stream(iter(video_frames(8, 16, 16)))
+        next(stream)
+        (actor,) = set(named_sessions("deblur")) - before
+        stream.close()  # the caller stops: the socket closes without finish
+        status = f"/v1/sessions/{actor.rsplit('/', 1)[1]}"
+
+        def ended() -> bool:
+            r = client._http.get(status)
+            return r.status_code == 410 or r.json()["closed"] == "abandoned by its client"
+
+        # Before the idle timeout would have closed it.
+        wait_for(ended, "the abandoned session ended", serve_endpoint["session_timeout_s"] * 0.75)
+        wait_for(lambda: actor not in named_sessions("deblur"), "the abandoned session's actor gone", 10)
+
+
 def test_whole_video_upload_keeps_frames_fps_and_audio(serve_endpoint: dict, tmp_path: Path) -> None:
     source = write_test_video(tmp_path / "in.mp4", width=48, height=32, frames=25, fps=25, audio=True)
     out = tmp_path / "out.mp4"
@@ -233,9 +265,10 @@ def test_bad_input_gets_a_4xx_with_a_message(serve_endpoint: dict, tmp_path: Pat
     assert http.get(f"/v1/sessions/{sid}").json()["closed"] is None  # a refused close left it open
     assert http.delete(f"/v1/sessions/{sid}").status_code == 200
     r = push(2, frame.tobytes(), raw, width=20, height=10)
-    assert r.status_code == 410
-    r = http.post("/v1/sessions/0123456789abcdef/frames", params={"seq": 0}, content=b"", headers=raw)
-    assert r.status_code == 410 and "does not exist" in detail(r)
+    assert r.status_code == 410 and sid in detail(r)  # closed (an id this app gave out): gone, not unknown
+    for made_up in ("0123456789abcdef", "0" * 40, sid[:32] + "00000000"):
+        r = http.post(f"/v1/sessions/{made_up}/frames", params={"seq": 0}, content=b"", headers=raw)
+        assert r.status_code == 404 and "does not exist" in detail(r), made_up
 
     # Uploads: too large, not a video, an image renamed .mp4.
     r = http.post("/v1/videos", content=b"\0" * (3 << 20), params={"filename": "big.mp4"})
@@ -281,6 +314,8 @@ def test_api_key_is_enforced(serve_endpoint: dict) -> None:
     assert httpx.get(f"{url}/v1/metrics").status_code == 401
     ready = httpx.get(f"{url}/v1/ready").json()  # a probe: no key
     assert ready["status"] == "ready" and ready["model"]["m"] == 1 and ready["model"]["precision"] == "fp32"
+    assert "/" not in ready["model"]["source"]  # the checkpoint's name, not the server's path
+    assert ready["sessions"]["max"] is None and ready["sessions"]["open"] >= 0
     with DeblurClient(url, api_key=serve_endpoint["key"]) as client:
         before = client.metrics()
         session = client.session()
@@ -288,7 +323,7 @@ def test_api_key_is_enforced(serve_endpoint: dict) -> None:
         assert actor in named_sessions("keyed") and client.metrics()["open_sessions"] >= 1
         # A session belongs to its application: the open app at / cannot reach the keyed app's session.
         r = httpx.post(f"{serve_endpoint['url']}/v1/sessions/{session.id}/frames", params={"seq": 0}, content=b"")
-        assert r.status_code == 410
+        assert r.status_code == 404
         frames = video_frames(3, 16, 16)
         out = [f for frame in frames for f in session.push(frame)]
         after = client.metrics()

@@ -16,6 +16,9 @@ import yaml
 from PIL import Image
 
 from deblur.serving import ApiError, ServingConfig, check_video_limits, decode_frame, parse_control
+from deblur.serving.actors import SESSION_ID
+from deblur.serving.config import open_endpoint_warning, shown_source
+from deblur.serving.wire import PushStats, issued_session, new_session_id
 from deblur.video import VideoInfo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +51,13 @@ def test_an_image_header_claiming_a_giant_size_is_a_422_not_a_crash() -> None:
         decode_frame, png_declaring(4000, 3000), "image/png", width=None, height=None, config=SMALL
     )
     assert status == 422 and "4000x3000 exceeds the limit 320x240" in message
+
+
+@pytest.mark.parametrize("kind", ["image/png", "image/jpeg"])
+def test_a_body_that_is_no_image_is_a_422_without_object_reprs(kind: str) -> None:
+    status, message = status_of(decode_frame, b"not an image", kind, width=None, height=None, config=SMALL)
+    assert status == 422 and message.startswith(f"not a readable {kind} image")
+    assert "object at 0x" not in message and "BytesIO" not in message
 
 
 def test_frames_within_the_limits_decode() -> None:
@@ -128,3 +138,36 @@ def test_serve_config_yaml_states_every_default() -> None:
     assert sorted(args) == sorted(defaults)
     assert args == defaults
     assert ServingConfig.from_dict(args) == ServingConfig()
+
+
+def test_session_ids_tell_an_ended_session_from_a_made_up_one() -> None:
+    secret, other = b"s" * 16, b"o" * 16
+    issued = new_session_id(secret)
+    assert SESSION_ID.fullmatch(issued) and issued_session(issued, secret)
+    assert not issued_session(issued, other)  # another application's session
+    assert not issued_session(issued[:32] + "0" * 8, secret) and not issued_session("0" * 40, secret)
+    assert not issued_session(issued[:32], secret)
+
+
+def test_an_open_endpoint_is_named_at_start_up(monkeypatch) -> None:
+    config = ServingConfig()
+    monkeypatch.delenv(config.api_key_env, raising=False)
+    warning = open_endpoint_warning("0.0.0.0", config)
+    assert warning and "no API key" in warning and "0.0.0.0" in warning and "$DEBLUR_API_KEY" in warning
+    assert open_endpoint_warning(None, config)  # where the host cannot be read: said all the same
+    assert open_endpoint_warning("127.0.0.1", config) is None
+    monkeypatch.setenv(config.api_key_env, "k")
+    assert open_endpoint_warning("0.0.0.0", config) is None
+
+
+def test_responses_show_a_checkpoints_name_not_the_servers_path() -> None:
+    assert shown_source("/srv/models/weights/strcnn_dtb_m1.safetensors") == "strcnn_dtb_m1.safetensors"
+    assert shown_source("s3://bucket/models/x.safetensors") == "s3://bucket/models/x.safetensors"
+
+
+def test_frames_a_close_returns_count_without_a_latency() -> None:
+    stats = PushStats()
+    stats.add(0.25, 1)
+    stats.add(None, 1)  # the last m frames of a close
+    summary = stats.summary()
+    assert summary["frames_total"] == 2 and summary["push_latency_ms"] == {"p50": 250.0, "p99": 250.0, "count": 1}

@@ -34,7 +34,7 @@ __all__ = [
 NAMESPACE = "deblur"
 SESSION_PREFIX = "deblur-session-"
 JOB_PREFIX = "deblur-job-"
-SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: anything else names no session
+SESSION_ID = re.compile(r"[0-9a-f]{40}")  # wire.new_session_id: anything else names no session
 
 
 class SessionError(Exception):
@@ -123,6 +123,13 @@ class SessionActor:
             # Let this call's reply go out, then free the actor (and its GPU memory).
             threading.Timer(2.0, _kill_self).start()
             return [(first + i, out) for i, out in enumerate(tail)]
+
+    def abandon(self) -> None:
+        """The client went away without finishing: end the session and free the actor."""
+        with self.lock:
+            self._check_open()
+            self.closed = "abandoned by its client"
+            threading.Timer(0.5, _kill_self).start()
 
     def status(self) -> dict[str, Any]:
         return {

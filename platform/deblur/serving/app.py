@@ -18,9 +18,11 @@ Importing this module imports Ray Serve: ``deblur.serving`` imports it only when
 """
 
 import asyncio
-import collections
+import contextlib
 import hmac
 import json
+import logging
+import secrets
 import tempfile
 import time
 import uuid
@@ -49,21 +51,26 @@ from deblur.serving.actors import (
     SessionError,
     named_actors,
 )
-from deblur.serving.config import ServingConfig
+from deblur.serving.config import ServingConfig, http_host, open_endpoint_warning, shown_source
 from deblur.serving.wire import (
     API_VERSION,
     ApiError,
     FrameLimit,
+    PushStats,
     check_format,
     check_uri,
     check_video_limits,
     decode_frame,
     encode_frame,
     frames_json,
+    issued_session,
+    new_session_id,
     parse_control,
 )
 
 __all__ = ["DeblurApi", "api", "build_app"]
+
+logger = logging.getLogger("deblur.serving")
 
 api = FastAPI(
     title="deblur",
@@ -79,32 +86,6 @@ async def api_error(_: Request, error: ApiError) -> JSONResponse:
     # connection and read the rest of the upload only to discard it.
     headers = {"Connection": "close"} if error.status in (408, 413) else None
     return JSONResponse({"detail": error.message}, status_code=error.status, headers=headers)
-
-
-class _Stats:
-    """Push latencies and frame times of the last minute, for /v1/metrics (this replica)."""
-
-    def __init__(self) -> None:
-        self.events: collections.deque[tuple[float, float, int]] = collections.deque(maxlen=100_000)
-        self.frames_total = 0
-
-    def add(self, latency: float, frames: int) -> None:
-        self.events.append((time.monotonic(), latency, frames))
-        self.frames_total += frames
-
-    def summary(self) -> dict[str, Any]:
-        now = time.monotonic()
-        recent = [(lat, n) for t, lat, n in self.events if now - t <= 60.0]
-        latencies = sorted(lat for lat, _ in recent)
-
-        def pct(q: float) -> float | None:
-            return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 3) if latencies else None
-
-        return {
-            "frames_total": self.frames_total,
-            "frames_per_s_last_minute": round(sum(n for _, n in recent) / 60.0, 3),
-            "push_latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "count": len(latencies)},
-        }
 
 
 async def _stream_file(path: Path, workdir: Path) -> AsyncIterator[bytes]:
@@ -143,7 +124,7 @@ def _make_sample_video() -> Path:
 class DeblurApi:
     """The ingress deployment; ``settings`` are a ``ServingConfig`` as a dict."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], secret: bytes | None = None) -> None:
         import torch
 
         from deblur.checkpoint import load_checkpoint
@@ -154,7 +135,7 @@ class DeblurApi:
         self.model_info = {
             "variant": loaded.config.variant,
             "m": loaded.config.m,
-            "source": loaded.source,
+            "source": shown_source(loaded.source),  # a file's name, never the server's path
             "precision": self.config.precision,
         }
         gpus = self.config.session_gpus
@@ -171,8 +152,12 @@ class DeblurApi:
         # reaches another's sessions, and max_sessions counts its own.
         self.session_prefix = f"{SESSION_PREFIX}{serve.get_replica_context().app_name}/"
         self.threads = max(1, int(self.config.session_cpus))
-        self.stats = _Stats()
+        self.stats = PushStats()
+        self.secret = secret or secrets.token_bytes(16)  # build_app gives all replicas one
         self.sample: Path | None = None
+        warning = open_endpoint_warning(http_host(), self.config)
+        if warning:
+            logger.warning(warning)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -210,7 +195,7 @@ class DeblurApi:
         # Replicas count apart: at the same instant two of them may each take the last place.
         if limit is not None and self._count_sessions() >= limit:
             raise ApiError(503, f"{limit} sessions are open, the limit (max_sessions): try again later")
-        session_id = uuid.uuid4().hex
+        session_id = new_session_id(self.secret)
         actor = (
             ray.remote(SessionActor)
             .options(**self._actor_options(self.session_prefix + session_id))
@@ -240,9 +225,11 @@ class DeblurApi:
                 raise ValueError(session_id)
             return ray.get_actor(self.session_prefix + session_id, namespace=NAMESPACE)
         except ValueError:
-            raise ApiError(
-                410, f"session {session_id} does not exist: it was closed, timed out, or its actor died"
-            ) from None
+            if issued_session(session_id, self.secret):
+                raise ApiError(
+                    410, f"session {session_id} has ended: it was closed, timed out, or its actor died"
+                ) from None
+            raise ApiError(404, f"session {session_id} does not exist") from None
 
     async def _call(self, session_id: str, method: str, *args: Any) -> Any:
         actor = self._session(session_id)
@@ -256,6 +243,11 @@ class DeblurApi:
             raise ApiError(
                 410, f"session {session_id} is lost: its actor died ({type(error).__name__}); open a new session"
             ) from error
+
+    async def _abandon(self, session_id: str) -> None:
+        """A stream gone without finishing: its actor is freed now, not at the idle timeout."""
+        with contextlib.suppress(ApiError):
+            await self._call(session_id, "abandon")
 
     async def _read_body(self, request: Request, limit: int, path: Path | None = None) -> bytes | int:
         declared = request.headers.get("content-length")
@@ -300,7 +292,8 @@ class DeblurApi:
 
     @api.get(f"/{API_VERSION}/ready")
     async def ready(self) -> dict[str, Any]:
-        return {"status": "ready", "model": self.model_info, "session_gpus": self.session_gpus}
+        sessions = {"open": self._count_sessions(), "max": self.config.max_sessions}
+        return {"status": "ready", "model": self.model_info, "session_gpus": self.session_gpus, "sessions": sessions}
 
     @api.get(f"/{API_VERSION}/metrics")
     async def metrics(self, request: Request) -> dict[str, Any]:
@@ -352,6 +345,7 @@ class DeblurApi:
         self._authorize(request)
         check_format(output)  # before finishing: a refused close leaves the session open
         tail = await self._call(session_id, "finish")
+        self.stats.add(None, len(tail))
         return {"session_id": session_id, "closed": True, "format": output, "frames": frames_json(tail, output)}
 
     @api.websocket(f"/{API_VERSION}/sessions/{{session_id}}/stream")
@@ -368,11 +362,13 @@ class DeblurApi:
             while True:
                 message = await websocket.receive()
                 if message.get("type") == "websocket.disconnect":
+                    await self._abandon(session_id)
                     return
                 if message.get("text") is not None:
                     control = parse_control(message["text"])
                     if control.get("type") == "finish":
                         tail = await self._call(session_id, "finish")
+                        self.stats.add(None, len(tail))
                         for _, frame in tail:
                             await websocket.send_bytes(encode_frame(frame, fmt))
                         await websocket.send_text(json.dumps({"type": "done", "frames": seq}))
@@ -395,7 +391,7 @@ class DeblurApi:
             reason = error.message.encode()[:123].decode(errors="ignore")
             await websocket.close(code=4000 + error.status, reason=reason)
         except WebSocketDisconnect:
-            return
+            await self._abandon(session_id)
 
     @api.post(f"/{API_VERSION}/videos")
     async def deblur_video(
@@ -495,4 +491,5 @@ class DeblurApi:
 def build_app(args: dict[str, Any] | None = None) -> Any:
     """Serve application builder: ``import_path: deblur.serving:build_app`` with ``args`` = ServingConfig."""
     config = ServingConfig.from_dict(args)  # a bad setting fails here, before any replica starts
-    return DeblurApi.bind(config.to_dict())
+    # One secret for all replicas of this deployment: any of them can tell an id it issued.
+    return DeblurApi.bind(config.to_dict(), secrets.token_bytes(16))

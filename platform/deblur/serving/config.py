@@ -9,7 +9,9 @@ from pydantic import BeforeValidator, Field, StrictInt, StrictStr, model_validat
 
 from deblur.settings import Number, Settings
 
-__all__ = ["ServingConfig"]
+__all__ = ["ServingConfig", "http_host", "open_endpoint_warning", "shown_source"]
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def _prefix_list(value: Any) -> Any:
@@ -62,3 +64,30 @@ class ServingConfig(Settings):
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) or None
+
+
+def open_endpoint_warning(host: str | None, config: ServingConfig) -> str | None:
+    """One line for the start-up log when anyone who reaches ``host`` may use the endpoint: no API
+    key, and bound beyond loopback (or where the host cannot be read). None when it is closed."""
+    if config.api_key() is not None or host in LOOPBACK:
+        return None
+    where = f"bound to {host}" if host else "bound to an address this replica cannot read"
+    return (
+        f"no API key: ${config.api_key_env} is not set and the endpoint is {where}, so every client "
+        f"that reaches it may use it; set ${config.api_key_env}, or bind 127.0.0.1"
+    )
+
+
+def shown_source(source: str) -> str:
+    """A checkpoint's source as responses show it: a local file by its name, never the server's path."""
+    return source if "://" in source else os.path.basename(source)
+
+
+def http_host() -> str | None:
+    """The host Serve's HTTP proxies bind, or None where it cannot be read (Serve keeps it private)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception:  # a private API: a change in it only loses the host in the warning
+        return None

@@ -1,9 +1,15 @@
 """What crosses the wire, as plain functions tested without a cluster: frames in and out, WebSocket
-control messages, S3 URIs, the limits, and ``ApiError`` (an HTTP status with a message)."""
+control messages, S3 URIs, the limits, ``ApiError`` (an HTTP status with a message), and the
+push figures of /v1/metrics."""
 
 import base64
+import collections
+import hashlib
+import hmac
 import io
 import json
+import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -15,12 +21,15 @@ __all__ = [
     "FORMATS",
     "ApiError",
     "FrameLimit",
+    "PushStats",
     "check_format",
     "check_uri",
     "check_video_limits",
     "decode_frame",
     "encode_frame",
     "frames_json",
+    "issued_session",
+    "new_session_id",
     "parse_control",
 ]
 
@@ -60,7 +69,9 @@ def decode_frame(
             raise ApiError(
                 422, f"the {kind} image is too large ({error}); the limit is {config.max_width}x{config.max_height}"
             ) from error
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+        except UnidentifiedImageError as error:  # its message names the in-memory buffer's repr
+            raise ApiError(422, f"not a readable {kind} image (not a {kind.split('/')[1].upper()} file)") from error
+        except (OSError, ValueError) as error:
             raise ApiError(422, f"not a readable {kind} image ({error})") from error
     raise ApiError(415, f"unsupported frame type {kind!r}: use image/png, image/jpeg or application/octet-stream")
 
@@ -160,3 +171,47 @@ class FrameLimit:
 
     def finish(self) -> list[np.ndarray]:
         return self.processor.finish()
+
+
+class PushStats:
+    """Push latencies and frame times of the last minute, for /v1/metrics (this replica)."""
+
+    def __init__(self) -> None:
+        self.events: collections.deque[tuple[float, float | None, int]] = collections.deque(maxlen=100_000)
+        self.frames_total = 0
+
+    def add(self, latency: float | None, frames: int) -> None:
+        """A push that took ``latency`` seconds, or (None) frames that came without one: a close's last m."""
+        self.events.append((time.monotonic(), latency, frames))
+        self.frames_total += frames
+
+    def summary(self) -> dict[str, Any]:
+        now = time.monotonic()
+        recent = [(lat, n) for t, lat, n in self.events if now - t <= 60.0]
+        latencies = sorted(lat for lat, _ in recent if lat is not None)
+
+        def pct(q: float) -> float | None:
+            return round(1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))], 3) if latencies else None
+
+        return {
+            "frames_total": self.frames_total,
+            "frames_per_s_last_minute": round(sum(n for _, n in recent) / 60.0, 3),
+            "push_latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "count": len(latencies)},
+        }
+
+
+def new_session_id(secret: bytes) -> str:
+    """A random session id signed with the application's ``secret``: once its session has ended,
+    the id still shows it was issued here, so it answers 410 (gone) where a made-up id gets 404."""
+    base = uuid.uuid4().hex
+    return base + _session_tag(secret, base)
+
+
+def issued_session(session_id: str, secret: bytes) -> bool:
+    """Whether ``session_id`` is one ``new_session_id`` gave out with this ``secret``."""
+    base, tag = session_id[:32], session_id[32:]
+    return len(session_id) == 40 and hmac.compare_digest(tag, _session_tag(secret, base))
+
+
+def _session_tag(secret: bytes, base: str) -> str:
+    return hmac.new(secret, base.encode(), hashlib.sha256).hexdigest()[:8]

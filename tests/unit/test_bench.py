@@ -123,12 +123,16 @@ def test_the_perf_table_has_one_row_per_figure_in_order_with_its_goal() -> None:
         "bf16 (AMX) speed-up over fp32, 640x480",
         "bf16 PSNR change vs fp32 (held-out clips)",
     ]
-    # With AMX, auto runs bf16: the model in bf16 against the bf16 roofline.
-    assert with_amx[8:11] == [
-        ("roofline bf16 (AMX; best of bf16 matmul, 3x3 conv)", ""),
-        ("model alone bf16 640x480 (auto here)", ">= 7 fps, >= 70%"),
-        ("model alone bf16 1280x720 (auto here)", ">= 70%"),
-    ]
+    # The precision auto runs here, against the roofline of that precision: bf16 with AMX, int8 with VNNI.
+    for auto in ("bf16", "int8"):
+        rows = [(f.name, f.goal) for f in perf_figures(quick=True, amx=auto == "bf16", auto=auto)]
+        first = 8 if auto == "bf16" else 6
+        assert [name.split(" (")[0] for name, _ in rows[first : first + 3]] == [
+            f"roofline {auto}",
+            f"model alone {auto} 640x480",
+            f"model alone {auto} 1280x720",
+        ]
+        assert [goal for _, goal in rows[first : first + 3]] == ["", ">= 7 fps, >= 70%", ">= 70%"]
     full = [figure.name for figure in perf_figures(quick=False, amx=False)]
     assert full[5] == "model alone fp32 640x480, `--compile`"
     # Training, the batch job and serving come last, in full runs only.
@@ -163,7 +167,7 @@ def test_perf_run_measures_each_figure_once_in_order_and_writes_the_readme_table
         Figure("first of two", lambda run: f"{run.once('s', lambda: shared(run))['a']:.2f}x", ">= 2x"),
         Figure("second of two", lambda run: f"{run.once('s', lambda: shared(run))['b']:+.2f} dB", ">= -0.1 dB"),
     ]
-    monkeypatch.setattr(figures, "perf_figures", lambda quick, amx: rows)
+    monkeypatch.setattr(figures, "perf_figures", lambda quick, amx, auto: rows)
     monkeypatch.setattr(figures, "describe_machine", lambda: "a test machine")
     monkeypatch.setattr(figures, "bench_model_path", lambda directory: str(directory / "model.safetensors"))
     readme = tmp_path / "README.md"
@@ -182,7 +186,8 @@ def test_perf_run_measures_each_figure_once_in_order_and_writes_the_readme_table
         "| second of two | -0.25 dB | >= -0.1 dB |",
     ]
     assert printed[0].startswith("machine: a test machine; torch threads ")
-    assert printed[1:] == ["limit line", "\n" + table, f"table written into {readme}"]
+    assert printed[1].startswith("precision auto here: ")
+    assert printed[2:] == ["limit line", "\n" + table, f"table written into {readme}"]
     assert readme.read_text() == f"# x\n<!-- bench:perf:begin -->\n{table}\n<!-- bench:perf:end -->\nrest\n"
     assert results["machine"] == "a test machine" and results["shared"] == {"a": 1.5, "b": -0.25}
 

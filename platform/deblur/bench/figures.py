@@ -104,6 +104,7 @@ def run_perf_benchmark(
     import torch
 
     from deblur.hardware import cpu_has_amx_bf16
+    from deblur.precision import choose_precision
 
     machine = describe_machine()
     echo(f"machine: {machine}; torch threads {torch.get_num_threads()}")
@@ -111,7 +112,9 @@ def run_perf_benchmark(
     directory.mkdir(parents=True, exist_ok=True)
     run = PerfRun(checkpoint=bench_model_path(directory), directory=directory, quick=quick, echo=echo)
     run.results["machine"] = machine
-    figures = perf_figures(quick=quick, amx=cpu_has_amx_bf16())
+    auto, why = choose_precision(torch.device("cpu"))
+    echo(f"precision auto here: {auto} ({why})")
+    figures = perf_figures(quick=quick, amx=cpu_has_amx_bf16(), auto=auto)
     rows = [(figure.name, figure.measure(run), figure.goal) for figure in figures]
     table = perf_table(machine, rows)
     echo("\n" + table)
@@ -122,11 +125,12 @@ def run_perf_benchmark(
     return run.results
 
 
-def perf_figures(*, quick: bool, amx: bool) -> list[Figure]:
+def perf_figures(*, quick: bool, amx: bool, auto: str = "fp32") -> list[Figure]:
     """The table's rows in order: the limit, the model against it, then the pipeline against the model.
 
     ``quick`` leaves out ``--compile`` and everything that trains or starts Ray; ``amx``: the CPU
-    multiplies bf16 in AMX tiles (without them bf16 is slower than fp32, and not measured).
+    multiplies bf16 in AMX tiles (without them bf16 is slower than fp32, and not measured);
+    ``auto``: what ``--precision auto`` runs here, held to the roofline of that precision.
     """
     figures = [
         Figure("roofline (best of fp32 matmul, 3x3 conv)", roofline),
@@ -141,11 +145,12 @@ def perf_figures(*, quick: bool, amx: bool) -> list[Figure]:
     if amx:
         figures.append(Figure("bf16 (AMX) speed-up over fp32, 640x480", bf16_speedup, ">= 2x"))
         figures.append(Figure("bf16 PSNR change vs fp32 (held-out clips)", bf16_psnr, ">= -0.1 dB"))
-        # bf16 is what precision auto runs on a CPU with AMX: held to its own limit.
-        figures.append(Figure("roofline bf16 (AMX; best of bf16 matmul, 3x3 conv)", roofline_bf16))
+    if auto in ("bf16", "int8"):  # the default precision, against its own limit
+        what = "bf16 matmul, 3x3 conv (AMX)" if auto == "bf16" else "int8 matmul, 3x3 convs (OpenVINO)"
+        figures.append(Figure(f"roofline {auto} (best of {what})", partial(precision_roofline, precision=auto)))
         for (width, height), goal in (((640, 480), ">= 7 fps, >= 70%"), ((1280, 720), ">= 70%")):
-            measure = partial(model_alone, width=width, height=height, precision="bf16")
-            figures.append(Figure(f"model alone bf16 {width}x{height} (auto here)", measure, goal))
+            measure = partial(model_alone, width=width, height=height, precision=auto)
+            figures.append(Figure(f"model alone {auto} {width}x{height} (auto here)", measure, goal))
     figures += [
         Figure("whole file 640x480 vs model alone", whole_file, ">= 90%"),
         Figure("peak memory 1000 vs 100 frames, 160x120", memory, "within 5%"),
@@ -193,8 +198,9 @@ def roofline(run: PerfRun) -> str:
     return f"{run.roofline:.0f} GFLOP/s"
 
 
-def roofline_bf16(run: PerfRun) -> str:
-    return f"{run.roofline_of('bf16'):.0f} GFLOP/s"
+def precision_roofline(run: PerfRun, *, precision: str) -> str:
+    unit = "GOP/s" if precision == "int8" else "GFLOP/s"
+    return f"{run.roofline_of(precision):.0f} {unit}"
 
 
 def model_alone(run: PerfRun, *, width: int, height: int, precision: str = "fp32") -> str:

@@ -2,7 +2,8 @@
 
 Every GFLOP/s figure of ``deblur bench perf`` is read against ``measure_roofline`` in the same
 precision: the best of a large matrix multiply and a 3x3 64->64 convolution, the fastest work this
-machine does in fp32, or in bf16 (AMX tiles on CPUs that have them).
+machine does in fp32, in bf16 (AMX tiles on CPUs that have them), or in int8 through OpenVINO
+(VNNI or AMX), the runtime ``--precision int8`` uses.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["best_rate", "describe_machine", "measure_roofline"]
 
@@ -72,8 +74,10 @@ def measure_roofline(echo: Callable[[str], None] = print, *, precision: str = "f
     import torch
     import torch.nn.functional as F
 
+    if precision == "int8":
+        return _measure_int8_roofline(echo)
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"no roofline for precision {precision!r}; choose fp32 or bf16")
+        raise ValueError(f"no roofline for precision {precision!r}; choose fp32, bf16 or int8")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     results: dict[str, float] = {}
     with torch.inference_mode():
@@ -93,5 +97,46 @@ def measure_roofline(echo: Callable[[str], None] = print, *, precision: str = "f
         f"limit: {precision} matmul {matmul:.0f} GFLOP/s (best of 1024..4096), 3x3 conv 64->64 at 320x240 "
         f"{results['conv3x3_nchw']:.0f} (NCHW) / {results['conv3x3_nhwc']:.0f} (channels-last) GFLOP/s; "
         f"roofline {results['roofline']:.0f} GFLOP/s"
+    )
+    return results
+
+
+def _measure_int8_roofline(echo: Callable[[str], None]) -> dict[str, float]:
+    """int8 in OpenVINO, as ``--precision int8`` runs: a 2048 matrix multiply and four chained 3x3
+    64->64 convolutions at 320x240 (chained so that quantizing the fp32 input is not what is timed),
+    each between fake-quantize nodes, which OpenVINO turns into u8 x i8 kernels."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+    import torch
+
+    core = ov.Core()
+    rng = np.random.default_rng(0)
+
+    def quantized(node: Any, low: float, high: float, levels: int = 256) -> Any:
+        lo, hi = ops.constant(np.float32(low)), ops.constant(np.float32(high))
+        return ops.fake_quantize(node, lo, hi, lo, hi, levels)
+
+    def rate(outputs: Any, inputs: Any, feed: np.ndarray, flops: float) -> float:
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+        request = core.compile_model(ov.Model([outputs], [inputs]), "CPU", config).create_infer_request()
+        return best_rate(lambda: request.infer([feed]), flops)
+
+    n = 2048
+    a = ops.parameter([n, n], ov.Type.f32)
+    b = ops.constant(rng.standard_normal((n, n)).astype(np.float32))
+    product = ops.matmul(quantized(a, -3.0, 3.0), quantized(b, -3.0, 3.0, 255), False, False)
+    results = {"matmul_2048": rate(product, a, rng.standard_normal((n, n)).astype(np.float32), 2 * n**3)}
+    x = ops.parameter([1, 64, 240, 320], ov.Type.f32)
+    weight = ops.constant(rng.standard_normal((64, 64, 3, 3)).astype(np.float32))
+    h = x
+    for _ in range(4):
+        h = ops.relu(ops.convolution(quantized(h, 0.0, 4.0), quantized(weight, -3.0, 3.0, 255), *[[1, 1]] * 4))
+    feed = rng.random((1, 64, 240, 320), dtype=np.float32)
+    results["conv3x3_x4"] = rate(h, x, feed, 4 * 2 * 64 * 64 * 9 * 240 * 320)
+    results["roofline"] = max(results.values())
+    echo(
+        f"limit: int8 (OpenVINO) matmul {results['matmul_2048']:.0f} GOP/s (2048), four 3x3 convs 64->64 at "
+        f"320x240 {results['conv3x3_x4']:.0f} GOP/s; roofline {results['roofline']:.0f} GOP/s"
     )
     return results

@@ -62,6 +62,33 @@ def test_upload_deblur_and_see_the_result(serve_endpoint: dict, tmp_path: Path) 
             browser.close()
 
 
+def test_the_api_docs_render_with_no_network(serve_endpoint: dict) -> None:
+    from playwright.sync_api import sync_playwright
+
+    base = serve_endpoint["url"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            blocked: list[str] = []
+
+            def offline(route) -> None:  # only the endpoint itself answers, as on a machine with no network
+                if route.request.url.startswith(base):
+                    route.continue_()
+                else:
+                    blocked.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", offline)
+            page.goto(base + "/docs")
+            # Swagger UI drew the operations from /openapi.json, including the upload's body.
+            page.wait_for_selector("#operations-default-deblur_video_v1_videos_post", timeout=30_000)
+            assert page.locator(".opblock").count() >= 8
+            assert blocked == []
+        finally:
+            browser.close()
+
+
 def test_a_bad_upload_shows_the_servers_message(serve_endpoint: dict, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 

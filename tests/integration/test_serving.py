@@ -371,6 +371,15 @@ def test_openapi_documents_the_versioned_api(serve_endpoint: dict) -> None:
     paths = set(spec["paths"])
     assert {"/v1/videos", "/v1/sessions", "/v1/sessions/{session_id}/frames", "/v1/jobs", "/v1/jobs/{job_id}"} <= paths
     assert spec["info"]["version"] == "v1"
+    # The bodies the routes read themselves are declared, so that /docs can send them.
+    bodies = {
+        path: spec["paths"][path]["post"]["requestBody"]["content"]
+        for path in paths
+        if path.endswith(("videos", "frames", "jobs"))
+    }
+    assert bodies["/v1/videos"]["application/octet-stream"]["schema"] == {"type": "string", "format": "binary"}
+    assert {"image/png", "image/jpeg", "application/octet-stream"} <= set(bodies["/v1/sessions/{session_id}/frames"])
+    assert bodies["/v1/jobs"]["application/json"]["schema"]["required"] == ["input", "output"]
 
 
 def test_bad_websocket_input_gets_an_error_and_a_4xxx_close(serve_endpoint: dict) -> None:

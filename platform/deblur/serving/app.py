@@ -35,8 +35,9 @@ import ray
 
 # FastAPI reads the routes' type hints at run time (Serve wraps the methods, so string annotations
 # would not resolve): this module does not use ``from __future__ import annotations``.
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.exceptions import RayActorError
 
@@ -54,6 +55,9 @@ from deblur.serving.actors import (
 from deblur.serving.config import ServingConfig, http_host, open_endpoint_warning, shown_source
 from deblur.serving.wire import (
     API_VERSION,
+    FRAME_BODY,
+    JOB_BODY,
+    VIDEO_BODY,
     ApiError,
     FrameLimit,
     PushStats,
@@ -72,7 +76,8 @@ __all__ = ["DeblurApi", "api", "build_app"]
 
 logger = logging.getLogger("deblur.serving")
 
-api = FastAPI(
+# /docs and /redoc from assets in the fastapi-offline package, not a CDN: they work offline.
+api = FastAPIOffline(
     title="deblur",
     version=API_VERSION,
     description="Online video deblurring (STRCNN+DTB, Kim et al. ICCV 2017). "
@@ -317,7 +322,7 @@ class DeblurApi:
         self._authorize(request)
         return await self._call(session_id, "status")
 
-    @api.post(f"/{API_VERSION}/sessions/{{session_id}}/frames")
+    @api.post(f"/{API_VERSION}/sessions/{{session_id}}/frames", openapi_extra=FRAME_BODY)
     async def push_frame(
         self,
         session_id: str,
@@ -393,7 +398,7 @@ class DeblurApi:
         except WebSocketDisconnect:
             await self._abandon(session_id)
 
-    @api.post(f"/{API_VERSION}/videos")
+    @api.post(f"/{API_VERSION}/videos", openapi_extra=VIDEO_BODY)
     async def deblur_video(
         self, request: Request, lossless: bool = False, filename: str = "video.mp4"
     ) -> StreamingResponse:
@@ -446,7 +451,7 @@ class DeblurApi:
             self.sample = await asyncio.to_thread(_make_sample_video)
         return Response(self.sample.read_bytes(), media_type="video/mp4")
 
-    @api.post(f"/{API_VERSION}/jobs", status_code=202)
+    @api.post(f"/{API_VERSION}/jobs", status_code=202, openapi_extra=JOB_BODY)
     async def submit_job(self, request: Request) -> dict[str, Any]:
         from deblur import storage
 

@@ -19,6 +19,9 @@ from deblur.serving.config import ServingConfig
 __all__ = [
     "API_VERSION",
     "FORMATS",
+    "FRAME_BODY",
+    "JOB_BODY",
+    "VIDEO_BODY",
     "ApiError",
     "FrameLimit",
     "PushStats",
@@ -34,6 +37,42 @@ __all__ = [
 ]
 
 API_VERSION = "v1"
+
+# Request bodies the routes read themselves (streamed, size-limited), declared for /docs so that
+# "Try it out" can send them.
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+VIDEO_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "a video file (MP4, MOV, MKV, WebM, AVI...); name it with ?filename=",
+        "content": {"application/octet-stream": _BINARY, "video/mp4": _BINARY},
+    }
+}
+FRAME_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "one frame: PNG or JPEG, or raw RGB bytes (height x width x 3) with ?width=&height=",
+        "content": {"image/png": _BINARY, "image/jpeg": _BINARY, "application/octet-stream": _BINARY},
+    }
+}
+JOB_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "input": {"type": "string", "example": "s3://bucket/in/video.mp4"},
+                        "output": {"type": "string", "example": "s3://bucket/out/video.mp4"},
+                    },
+                    "required": ["input", "output"],
+                    "additionalProperties": False,
+                }
+            }
+        },
+    }
+}
 FORMATS = ("raw", "png")  # how deblurred frames travel back
 
 

@@ -255,6 +255,8 @@ def describe_bundle(provenance: dict, weights: Path) -> str:
     except ValueError:
         shown = weights
     hours = provenance.get("training_hours")
+    # A run trained in stages on different machines names its precisions (``training_precision``).
+    precision = provenance.get("training_precision") or precision
     trained = f"about {hours:.1f} h of {precision}" if hours else precision
     init = provenance.get("init")
     start = "fine-tuned from the previous bundled model" if init else "trained from a random start"

@@ -384,6 +384,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.quick and args.readme:
             raise UsageError("--quick measures only some figures: the README table takes a full run (no --quick)")
         bench.run_perf_benchmark(quick=args.quick, cache=args.cache, readme=args.readme)
+    elif args.what == "warmup":
+        if not args.real_videos:
+            raise UsageError(
+                "bench warmup needs --real-videos DIR (folders of frames, e.g. ../shared/data/real/videos)"
+            )
+        bench.run_warmup_benchmark(videos=args.real_videos)
     return 0
 
 

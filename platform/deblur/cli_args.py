@@ -176,9 +176,9 @@ def _add_bench(sub: Any) -> None:
     bench = sub.add_parser("bench", help="measure and print speeds on this machine")
     bench.add_argument(
         "what",
-        choices=["data", "batch", "serve", "train", "perf"],
+        choices=["data", "batch", "serve", "train", "perf", "warmup"],
         help="data: synthesis vs decode; batch: 1 vs 2 actors; serve: session latency; train: samples/s; "
-        "perf: all against the device's limit",
+        "perf: all against the device's limit; warmup: how fast the recurrent state forgets its start",
     )
     bench.add_argument("--quick", action="store_true", help="perf: model, file and memory figures only")
     bench.add_argument("--readme", help="perf: write the table between the bench markers of this file")
@@ -187,6 +187,7 @@ def _add_bench(sub: Any) -> None:
     bench.add_argument("--width", type=int, help="frame width (data 640, batch/serve 320)")
     bench.add_argument("--height", type=int, help="frame height (data 360, batch/serve 240)")
     bench.add_argument("--cache", help="directory to keep the generated corpus between runs")
+    bench.add_argument("--real-videos", help="warmup: folder of real sequences (folders of frames)")
 
 
 def build_parser() -> argparse.ArgumentParser:

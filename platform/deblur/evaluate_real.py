@@ -25,7 +25,15 @@ from deblur.data.photos import IMAGE_PATTERNS, load_photos
 from deblur.evaluate import frame_psnr
 from deblur.model import DeblurNet
 
-__all__ = ["NO_HARM_CONDITIONS", "no_harm", "no_harm_markdown", "real_sequences", "real_sequences_markdown"]
+__all__ = [
+    "NO_HARM_CONDITIONS",
+    "no_harm",
+    "no_harm_markdown",
+    "real_sequences",
+    "real_sequences_markdown",
+    "sequence_folders",
+    "sequence_frames",
+]
 
 NO_HARM_CONDITIONS = ("clean", "noise sigma 2", "noise sigma 5", "H.264 CRF 23")
 
@@ -124,7 +132,18 @@ def no_harm_markdown(result: dict[str, Any], label: str) -> list[str]:
     return lines
 
 
-def _sequence_frames(folder: str, limit: int | None) -> list[np.ndarray]:
+def sequence_folders(videos: str) -> list[tuple[str, str]]:
+    """(name, folder) of every folder of frames under ``videos``, sorted."""
+    folders = sorted({uri.rsplit("/", 1)[0] for uri in storage.list_files(videos, patterns=IMAGE_PATTERNS)})
+    return [
+        (storage.relative_key(folder, videos) if folder != videos.rstrip("/") else Path(folder).name, folder)
+        for folder in folders
+    ]
+
+
+def sequence_frames(folder: str, limit: int | None, *, max_side: int | None = None) -> list[np.ndarray]:
+    """The first ``limit`` frames of a folder, in name order; on their centre crop (16:9 at most
+    ``max_side`` wide) where they are larger."""
     from PIL import Image
 
     uris = sorted(storage.list_files(folder, patterns=IMAGE_PATTERNS))[:limit]
@@ -132,6 +151,9 @@ def _sequence_frames(folder: str, limit: int | None) -> list[np.ndarray]:
     for uri in uris:
         with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
             frames.append(np.array(image.convert("RGB"), dtype=np.uint8))
+    if frames and max_side is not None and max(frames[0].shape[:2]) > max_side:
+        h, w = frames[0].shape[:2]
+        frames = [_centre_crop_rect(f, min(h, max_side * 9 // 16), min(w, max_side)) for f in frames]
     return frames
 
 
@@ -152,16 +174,11 @@ def real_sequences(
 
     from deblur.engine import deblur_frames
 
-    folders = sorted({uri.rsplit("/", 1)[0] for uri in storage.list_files(videos, patterns=IMAGE_PATTERNS)})
     results = {}
-    for folder in folders:
-        name = storage.relative_key(folder, videos) if folder != videos.rstrip("/") else Path(folder).name
-        frames = _sequence_frames(folder, max_frames)
+    for name, folder in sequence_folders(videos):
+        frames = sequence_frames(folder, max_frames, max_side=max_side)
         if len(frames) < 2:
             continue
-        h, w = frames[0].shape[:2]
-        if max(h, w) > max_side:
-            frames = [_centre_crop_rect(f, min(h, max_side * 9 // 16), min(w, max_side)) for f in frames]
         output = list(deblur_frames(model, frames, precision=precision, device=device))
         scores = [frame_psnr(o, f) for o, f in zip(output, frames, strict=True)]
         results[name] = {"frames": len(frames), "size": f"{frames[0].shape[1]}x{frames[0].shape[0]}"}

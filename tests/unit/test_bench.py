@@ -5,6 +5,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -212,3 +213,24 @@ def test_importing_the_bench_package_does_no_work_and_keeps_its_names() -> None:
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
+
+
+def test_warmup_measures_chunked_against_sequential_frames_after_the_cut() -> None:
+    from deblur.bench.warmup import CAP_DB, forgetting
+    from deblur.model import DeblurNet
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(14)]
+    torch.manual_seed(0)
+    cnn = DeblurNet(variant="cnn", width=8, feature_channels=4, num_blocks=1).eval()
+    scores = forgetting(cnn, frames, cut=8, after=4, warmups=(0, 1, 4, 8, 16), precision="fp32")
+    assert sorted(scores) == [0, 1, 4, 8]  # a warm-up longer than the frames before the cut is left out
+    # No recurrent state: one frame before the cut (the window's m = 1) makes it exact...
+    assert all(row == [CAP_DB] * 4 for w, row in scores.items() if w >= 1)
+    # ...and without it, the cut's first frame sees itself where the previous frame belongs.
+    assert scores[0][0] < CAP_DB and scores[0][1:] == [CAP_DB] * 3
+    torch.manual_seed(0)
+    recurrent = DeblurNet(variant="strcnn_dtb", width=8, feature_channels=4, num_blocks=1).eval()
+    state = forgetting(recurrent, frames, cut=8, after=4, warmups=(0, 8), precision="fp32")
+    assert max(state[0]) < CAP_DB  # the state carries the start into every frame after the cut
+    assert min(state[8]) == CAP_DB  # started at the sequence's own start: the same run

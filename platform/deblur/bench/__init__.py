@@ -5,11 +5,12 @@ deblur bench batch    archive deblurring: videos/s and frames/s with 1 and 2 act
 deblur bench serve    live sessions: per-frame latency p50/p99 for K concurrent sessions, overhead
 deblur bench train    Ray Train: samples/s and GFLOP/s with 1 and 2 workers (and bf16 where the CPU has AMX)
 deblur bench perf     all of it against the device's limit (roofline), as a table
+deblur bench warmup   how many frames the recurrent state needs to forget its start (chunked videos)
 
 Where things are:
     roofline.py   the machine's description and its fp32 limit
     inputs.py     the model and the videos the benchmarks run on
-    data.py, batch.py, serve.py, train.py   one benchmark family each
+    data.py, batch.py, serve.py, train.py, warmup.py   one benchmark family each
     perf.py       the model against the limit: its step, its convs one by one, precision quality
     figures.py    ``deblur bench perf``: each row of its table a Figure (name, measure, goal)
     report.py     the table's text, and the README blocks commands rewrite with what they measured
@@ -27,6 +28,7 @@ from deblur.bench.report import replace_marked_block
 from deblur.bench.roofline import describe_machine, measure_roofline
 from deblur.bench.serve import run_serve_benchmark
 from deblur.bench.train import measure_training_step, run_train_benchmark
+from deblur.bench.warmup import run_warmup_benchmark
 
 __all__ = [
     "describe_machine",
@@ -42,4 +44,5 @@ __all__ = [
     "run_perf_benchmark",
     "run_serve_benchmark",
     "run_train_benchmark",
+    "run_warmup_benchmark",
 ]

@@ -257,6 +257,7 @@ def describe_bundle(provenance: dict, weights: Path) -> str:
     hours = provenance.get("training_hours")
     # A run trained in stages on different machines names its precisions (``training_precision``).
     precision = provenance.get("training_precision") or precision
+    where = "the last stage on" if provenance.get("training_precision") else "on"
     trained = f"about {hours:.1f} h of {precision}" if hours else precision
     init = provenance.get("init")
     start = "fine-tuned from the previous bundled model" if init else "trained from a random start"
@@ -267,7 +268,7 @@ def describe_bundle(provenance: dict, weights: Path) -> str:
     )
     lines = [
         f"The bundled model (`{shown}`, the default of `deblur video`): STRCNN+DTB, m = 1, preset "
-        f"`{provenance['preset']}`, {steps}; {trained} on {machine.split(';')[0]}, by "
+        f"`{provenance['preset']}`, {steps}; {trained}, {where} {machine.split(';')[0]}, by "
         f"`{provenance['recipe']}` (commit {provenance.get('packaged_commit', '?')}).",
         "",
         f"**Data.** {provenance['data']['photos']}. `deblur corpus --photos` renders 240 fps videos of "

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 # Issue 29's no-harm goals that the bundled model does not meet yet (docs/data.md has the figures):
 # strict, so the day new weights meet one, its test fails until the mark goes.
-NOT_YET = pytest.mark.xfail(strict=True, reason="issue 29: the bundled model still sharpens noise and fine texture")
+NOT_YET = pytest.mark.xfail(strict=True, reason="issue 29: the bundled model still sharpens fine noise")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def _still(name: str) -> np.ndarray:
     return np.ascontiguousarray(getattr(data, name)()[:160, :224])
 
 
-@pytest.mark.parametrize("name", ["astronaut", pytest.param("coffee", marks=NOT_YET)])
+@pytest.mark.parametrize("name", ["astronaut", "coffee"])
 def test_a_still_sharp_clip_comes_out_unchanged(bundled, name: str) -> None:
     clean = _still(name)
     out = list(deblur_frames(bundled, [clean] * 5, device="cpu"))
@@ -54,7 +54,7 @@ def test_a_still_sharp_clip_comes_out_unchanged(bundled, name: str) -> None:
     assert worst >= 45.0, f"{name}: output differs from the still input at {worst:.2f} dB"
 
 
-@pytest.mark.parametrize("sigma", [pytest.param(2.0, marks=NOT_YET), pytest.param(5.0, marks=NOT_YET)])
+@pytest.mark.parametrize("sigma", [pytest.param(2.0, marks=NOT_YET), 5.0])
 def test_a_still_noisy_clip_does_not_move_further_from_the_clean_frame(bundled, sigma: float) -> None:
     clean = _still("coffee")
     rng = np.random.default_rng(0)

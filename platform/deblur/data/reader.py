@@ -112,32 +112,17 @@ class _CropSampler:
 
 # One sampler per process and setting: its RNG runs on across the tasks (and epochs) this Ray
 # worker process runs, so a later pass over a window draws new crops, not the same ones again.
-_SAMPLERS: dict[tuple[int, int, bool, int | None, int, float, float], _CropSampler] = {}
+_SAMPLERS: dict[tuple[tuple[str, Any], ...], _CropSampler] = {}
 
 
-def _sample_shard(
-    item: dict[str, Any],
-    *,
-    frames: int,
-    crop: int,
-    flips: bool,
-    seed: int | None,
-    samples: int,
-    noise_sigma: float = 0.0,
-    sharp_fraction: float = 0.0,
-) -> Iterator[dict[str, Any]]:
-    """Random training samples from every window of one shard, in the task that reads it."""
-    key = (frames, crop, flips, seed, samples, noise_sigma, sharp_fraction)
+def _sample_shard(item: dict[str, Any], **settings: Any) -> Iterator[dict[str, Any]]:
+    """Random training samples from every window of one shard, in the task that reads it.
+
+    ``settings`` are ``_CropSampler``'s keywords; each distinct setting keeps its own sampler.
+    """
+    key = tuple(sorted(settings.items()))
     if key not in _SAMPLERS:
-        _SAMPLERS[key] = _CropSampler(
-            frames=frames,
-            crop=crop,
-            flips=flips,
-            seed=seed,
-            samples=samples,
-            noise_sigma=noise_sigma,
-            sharp_fraction=sharp_fraction,
-        )
+        _SAMPLERS[key] = _CropSampler(**settings)
     sampler = _SAMPLERS[key]
     for row in _read_shard(item):
         yield from sampler(row)

@@ -44,7 +44,8 @@ from urllib.parse import quote
 from pydantic import BeforeValidator, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from deblur import storage
-from deblur.batch_worker import VideoTask, VideoWorker, deblur_object, failure_record
+from deblur.batch_split import SplitVideos, split_video
+from deblur.batch_worker import ChunkTask, VideoTask, VideoWorker, deblur_object, failure_record
 from deblur.settings import Number, Settings
 
 __all__ = ["BatchConfig", "BatchRun", "VideoTask", "deblur_object", "plan_batch", "run_batch"]
@@ -78,6 +79,11 @@ class BatchConfig(Settings):
     torch_threads: StrictInt = Field(0, ge=0)  # 0: one per reserved CPU
     precision: StrictStr = "auto"  # as `deblur video --precision`: auto, fp32, int8 (CPU), bf16, fp16 (CUDA)
     compiled: StrictBool = False  # as `deblur video --compile`: compiled once per actor and frame size
+    # One long video across the actors (deblur.chunks): cut at keyframes into chunks of at least
+    # min_chunk_seconds, each warmed up over warmup_frames before it. Off: one actor per video.
+    split_long_videos: StrictBool = False
+    min_chunk_seconds: Number = Field(10.0, gt=0)
+    warmup_frames: StrictInt = Field(8, ge=0)
 
     @model_validator(mode="after")
     def _known_precision(self) -> BatchConfig:
@@ -199,6 +205,8 @@ def _cluster_resources() -> dict[str, float]:
 
 
 def _pool_size(config: BatchConfig, gpus_per_actor: float, videos: int) -> int:
+    if config.split_long_videos:
+        videos = 1 << 30  # one video may keep every actor busy
     if config.actors is not None:
         return min(config.actors, videos)
     resources = _cluster_resources()
@@ -322,10 +330,12 @@ class _ActorPool:
         self.staging = _control(output_prefix, "staging")
         self.threads = config.torch_threads or max(1, int(config.cpus_per_actor))
         self.actor_class = ray.remote(num_cpus=config.cpus_per_actor, num_gpus=gpus, max_restarts=0)(VideoWorker)
-        self.queue: deque[VideoTask] = deque()
+        self.queue: deque[VideoTask | ChunkTask] = deque()
+        self.split = SplitVideos(self.staging, config.precision)
         self.attempts: dict[str, int] = {}
         self.idle: list[Any] = []
-        self.in_flight: dict[Any, tuple[Any, VideoTask, str]] = {}  # ref -> (actor, task, its staging prefix)
+        # ref -> (actor, task, its staging prefix or part key)
+        self.in_flight: dict[Any, tuple[Any, VideoTask | ChunkTask, str]] = {}
         self.records: list[dict[str, Any]] = []
         self.frames_done, self.started = 0, time.perf_counter()
 
@@ -352,12 +362,15 @@ class _ActorPool:
             self.bar.set_postfix(frames_per_s=f"{self.frames_done / elapsed:.1f}", failed=failed)
             self.bar.update(1)
 
-    def retry_or_fail(self, task: VideoTask, error: str) -> None:
-        self.attempts[task.key] = self.attempts.get(task.key, 0) + 1
-        if self.attempts[task.key] <= self.config.max_retries:
-            self.queue.append(task)
+    def retry_or_fail(self, item: VideoTask | ChunkTask, error: str) -> None:
+        key = _attempt_key(item)
+        self.attempts[key] = self.attempts.get(key, 0) + 1
+        if self.attempts[key] <= self.config.max_retries:
+            self.queue.append(item)
             return
-        self.attempts[task.key] -= 1  # the record counts attempts made, not retries granted
+        self.attempts[key] -= 1  # the record counts attempts made, not retries granted
+        task = item.video if isinstance(item, ChunkTask) else item
+        self.split.drop(task.key)
         # Not the video's fault as far as we know: a rerun tries it again.
         self.finish(
             failure_record(
@@ -375,32 +388,69 @@ class _ActorPool:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        self.queue.extend(tasks)
+        from deblur.chunks import NotSplittableError
+
+        for task in tasks:
+            chunks = self._chunks(task, size)
+            if chunks:
+                self.split.expect(chunks)
+            self.queue.extend(chunks or [task])
         self.idle = [self.start_actor() for _ in range(size)]
         while self.queue or self.in_flight:
             while self.queue and self.idle:
-                actor, task = self.idle.pop(), self.queue.popleft()
-                attempt = storage.join_uri(self.staging, uuid.uuid4().hex)
-                ref = actor.deblur.remote(task, storage.join_uri(attempt, task.key))
-                self.in_flight[ref] = (actor, task, attempt)
+                item = self.queue.popleft()
+                if isinstance(item, ChunkTask) and not self.split.wanted(item.video.key):
+                    continue  # its video failed, or is deblurred in one piece now
+                actor = self.idle.pop()
+                if isinstance(item, ChunkTask):
+                    attempt = self.split.part_uri(item)
+                    ref = actor.deblur_chunk.remote(item, attempt)
+                else:
+                    attempt = storage.join_uri(self.staging, uuid.uuid4().hex)
+                    ref = actor.deblur.remote(item, storage.join_uri(attempt, item.key))
+                self.in_flight[ref] = (actor, item, attempt)
+            if not self.in_flight:
+                continue
             (ref,), _ = ray.wait(list(self.in_flight), num_returns=1)
-            actor, task, attempt = self.in_flight.pop(ref)
+            actor, item, attempt = self.in_flight.pop(ref)
             try:
-                self.finish(ray.get(ref))
+                self._done(item, ray.get(ref))
                 self.idle.append(actor)
             except RayActorError as error:
                 # The actor (or its node) died mid-video: its partial upload goes, a new actor
-                # takes its place, and the video starts again from its first frame.
+                # takes its place, and the video (or chunk) starts again from its first frame.
                 storage.delete_prefix(attempt)
-                _abort_uploads([task.destination])
+                if isinstance(item, VideoTask):
+                    _abort_uploads([item.destination])
                 ray.kill(actor)
                 self.idle.append(self.start_actor())
-                self.retry_or_fail(task, f"actor died: {str(error).splitlines()[0]}")
+                self.retry_or_fail(item, f"actor died: {str(error).splitlines()[0]}")
             except RayTaskError as error:
                 self.idle.append(actor)
                 cause = error.cause if getattr(error, "cause", None) is not None else error
-                self.retry_or_fail(task, f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+                if isinstance(item, ChunkTask) and isinstance(cause, NotSplittableError):
+                    if self.split.wanted(item.video.key):
+                        self.split.drop(item.video.key)
+                        self.queue.append(item.video)  # deblurred in one piece after all
+                    continue
+                self.retry_or_fail(item, f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
         return self.records
+
+    def _chunks(self, task: VideoTask, actors: int) -> list[ChunkTask] | None:
+        config = self.config
+        if not config.split_long_videos:
+            return None
+        return split_video(task, actors=actors, warmup=config.warmup_frames, min_seconds=config.min_chunk_seconds)
+
+    def _done(self, item: VideoTask | ChunkTask, result: dict[str, Any]) -> None:
+        if isinstance(item, VideoTask):
+            self.finish(result)
+        elif self.split.wanted(item.video.key):
+            outcome = self.split.add(result)  # the video's record once its last part is in and joined
+            if isinstance(outcome, VideoTask):
+                self.queue.append(outcome)  # its parts could not be joined: in one piece
+            elif outcome is not None:
+                self.finish(outcome)
 
     def close(self) -> None:
         import ray
@@ -408,6 +458,10 @@ class _ActorPool:
         for actor in self.idle + [a for a, _, _ in self.in_flight.values()]:
             ray.kill(actor)
         storage.delete_prefix(self.staging)
+
+
+def _attempt_key(item: VideoTask | ChunkTask) -> str:
+    return f"{item.video.key}#chunk{item.chunk.index}" if isinstance(item, ChunkTask) else item.key
 
 
 def _run_actors(

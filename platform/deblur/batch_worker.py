@@ -15,7 +15,7 @@ from typing import Any
 
 from deblur import storage
 
-__all__ = ["VideoTask", "VideoWorker", "deblur_object", "failure_record"]
+__all__ = ["ChunkTask", "VideoTask", "VideoWorker", "deblur_chunk_object", "deblur_object", "failure_record"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,15 @@ class VideoTask:
     destination: str  # URI of the output (same key below OUT)
     key: str  # relative key
     version: str  # of the input, for reruns
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """One chunk of a video split across actors (``deblur.chunks``)."""
+
+    video: VideoTask
+    chunk: Any  # deblur.chunks.Chunk
+    warmup: int  # frames run before the chunk to warm the recurrent state up
 
 
 def failure_record(
@@ -107,6 +116,56 @@ def deblur_object(
     return record
 
 
+def deblur_chunk_object(
+    task: ChunkTask,
+    model: Any,
+    *,
+    part_uri: str,
+    device: Any = "auto",
+    encoder: Any = None,
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """Deblur one chunk of a video into ``part_uri`` (a staging key); returns what the join needs.
+
+    Bad input gives ``status="failed"`` with the reason, as ``deblur_object``; a video that cannot
+    be split raises ``deblur.chunks.NotSplittableError`` (the caller deblurs it in one piece).
+    """
+    from deblur.chunks import deblur_chunk
+    from deblur.video import VideoError
+
+    video, chunk = task.video, task.chunk
+    part: dict[str, Any] = {"key": video.key, "index": chunk.index, "uri": part_uri, "status": "ok", "error": None}
+    try:
+        with tempfile.TemporaryDirectory(prefix="deblur-chunk-") as tmpdir:
+            local = Path(tmpdir) / f"part{PurePosixPath(video.key).suffix or '.mp4'}"
+            with storage.open_input(video.source) as handle:
+                result = deblur_chunk(
+                    handle,
+                    local,
+                    model,
+                    chunk,
+                    warmup=task.warmup,
+                    device=device,
+                    encoder=encoder,
+                    precision=precision,
+                    name=video.source,
+                )
+            storage.upload_file(local, part_uri)
+        part.update(
+            frames=result.frames,
+            warmup=result.warmup,
+            seconds=round(result.seconds, 3),
+            width=result.info.width,
+            height=result.info.height,
+            video_fps=str(result.info.fps),
+            precision=result.precision,
+            **({"precision_note": result.precision_note} if result.precision_note else {}),
+        )
+    except VideoError as error:
+        part.update(status="failed", error=str(error), error_kind="input")
+    return part
+
+
 class VideoWorker:
     """The body of a batch actor: one model, one video at a time, state never shared between videos."""
 
@@ -148,6 +207,11 @@ class VideoWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def deblur_chunk(self, task: ChunkTask, part_uri: str) -> dict[str, Any]:
+        return deblur_chunk_object(
+            task, self.model, part_uri=part_uri, device=self.device, encoder=self.encoder, precision=self.precision
+        )
 
     def deblur(self, task: VideoTask, staging_uri: str) -> dict[str, Any]:
         return deblur_object(

@@ -193,6 +193,9 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         "max_retries": args.max_retries,
         "precision": args.precision,
         "compiled": args.compile,
+        "split_long_videos": args.split_long_videos,
+        "warmup_frames": args.warmup_frames,
+        "min_chunk_seconds": args.min_chunk_seconds,
     }
     if args.include:
         values["include"] = tuple(args.include)

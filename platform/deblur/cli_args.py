@@ -109,6 +109,18 @@ def _add_batch(sub: Any) -> None:
         "--compile", action="store_true", help="as `deblur video --compile` (compiled once per actor and frame size)"
     )
     batch.add_argument(
+        "--split-long-videos",
+        action="store_true",
+        help="cut long videos at keyframes and deblur the pieces on several actors, each warmed up over the "
+        "frames before its piece (default: one actor per video, the paper's online setting)",
+    )
+    batch.add_argument(
+        "--warmup-frames", type=int, default=8, help="with --split-long-videos: frames run before each piece (8)"
+    )
+    batch.add_argument(
+        "--min-chunk-seconds", type=float, default=10.0, help="with --split-long-videos: shortest piece (10 s)"
+    )
+    batch.add_argument(
         "--retry-failed",
         action="store_true",
         help="also retry videos that failed for bad input (a rerun retries only transient failures)",

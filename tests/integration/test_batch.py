@@ -17,6 +17,7 @@ from deblur import storage
 from deblur.batch import BatchConfig, BatchError, run_batch
 from deblur.checkpoint import save_checkpoint
 from deblur.cli import main
+from deblur.evaluate import frame_psnr
 from deblur.model import DeblurNet
 from deblur.precision import choose_precision
 from deblur.video import read_frames
@@ -269,3 +270,27 @@ def test_compiled_batch_gives_the_frames_of_deblur_video(s3_bucket: str, tmp_pat
         assert main(["video", *args, "--device", "cpu", "--precision", "fp32"]) == 0
         # Inductor may reorder float sums: at most one level of 255 apart.
         assert np.abs(got.astype(int) - decoded(reference).astype(int)).max() <= 1
+
+
+def test_split_long_videos_deblurs_one_video_on_two_actors(s3_bucket: str, tmp_path: Path) -> None:
+    keyframes_every_12 = {"g": "12", "keyint_min": "12", "sc_threshold": "0"}
+    source = write_test_video(tmp_path / "long.mp4", width=96, height=64, frames=48, options=keyframes_every_12)
+    storage.upload_file(source, f"{s3_bucket}/split-in/long.mp4")
+    common = {"actors": 2, "cpus_per_actor": 1.0, "lossless": True, "precision": "fp32", "torch_threads": 1}
+    whole = run_batch(f"{s3_bucket}/split-in", f"{s3_bucket}/whole-out", config=BatchConfig(**common), progress=False)
+    split = run_batch(
+        f"{s3_bucket}/split-in",
+        f"{s3_bucket}/split-out",
+        config=BatchConfig(**common, split_long_videos=True, min_chunk_seconds=0.5, warmup_frames=8),
+        progress=False,
+    )
+    (record,) = split.records
+    assert record["status"] == "ok" and record["chunks"] == 2 and record["frames"] == 48, record
+    assert "chunks" not in whole.records[0]  # off by default: one actor per video
+    ours, theirs = decoded(f"{s3_bucket}/split-out/long.mp4"), decoded(f"{s3_bucket}/whole-out/long.mp4")
+    assert ours.shape == theirs.shape
+    assert min(frame_psnr(a, b) for a, b in zip(ours, theirs, strict=True)) >= 50.0
+    joined, original = stream_facts(download(f"{s3_bucket}/split-out/long.mp4", tmp_path)), stream_facts(source)
+    assert joined["times"] == original["times"]  # every frame once, at the source's time
+    assert joined["audio_packets"] == original["audio_packets"]  # the source's audio, copied
+    assert storage.list_files(f"{s3_bucket}/split-out/_deblur/staging") == []  # the parts are gone

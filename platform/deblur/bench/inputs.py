@@ -20,7 +20,9 @@ def bench_model_path(directory: Path) -> str:
     return str(path)
 
 
-def bench_videos(directory: Path, *, videos: int, frames: int, width: int, height: int) -> list[Path]:
+def bench_videos(
+    directory: Path, *, videos: int, frames: int, width: int, height: int, keyframe_every: int | None = None
+) -> list[Path]:
     from deblur.data.corpus import CorpusConfig, render_video
     from deblur.video import EncoderOptions, write_video
 
@@ -29,8 +31,11 @@ def bench_videos(directory: Path, *, videos: int, frames: int, width: int, heigh
     paths = []
     for index in range(videos):
         # The name carries what the video is, so a cache shared between sizes never serves a stale one.
-        path = directory / f"bench_{width}x{height}_{frames}f_{index:02d}.mp4"
+        gop = f"_g{keyframe_every}" if keyframe_every else ""
+        path = directory / f"bench_{width}x{height}_{frames}f{gop}_{index:02d}.mp4"
         if not path.exists():
-            write_video(path, render_video(config, seed=99, index=index)[0], fps=30, encoder=EncoderOptions(crf=18))
+            extra = {"g": str(keyframe_every)} if keyframe_every else {}
+            encoder = EncoderOptions(crf=18, extra=extra)
+            write_video(path, render_video(config, seed=99, index=index)[0], fps=30, encoder=encoder)
         paths.append(path)
     return paths

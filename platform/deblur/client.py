@@ -22,7 +22,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -208,19 +208,32 @@ class DeblurClient:
 
     # -- live sessions ----------------------------------------------------------------------
 
-    def session(self, *, fmt: str = "raw") -> Session:
-        """Open a session; ``fmt`` is how frames travel: ``raw`` RGB (fast, exact) or ``png``."""
+    def session(self, *, fmt: str = "raw", on_queue: Callable[[int], None] | None = None) -> Session:
+        """Open a session; ``fmt`` is how frames travel: ``raw`` RGB (fast, exact) or ``png``.
+
+        When every session is taken the server queues the request: this waits in the queue, calling
+        ``on_queue(position)`` (1 = next) each time it asks again, until the session opens.
+        """
         if fmt not in ("raw", "png"):
             raise ValueError(f"fmt must be raw or png, got {fmt!r}")
         response = self._http.post("/v1/sessions")
+        while response.status_code == 202:
+            queued = response.json()
+            if on_queue is not None:
+                on_queue(int(queued["position"]))
+            time.sleep(float(response.headers.get("retry-after", queued.get("retry_after_s", 1))))
+            response = self._http.post("/v1/sessions", params={"ticket": queued["ticket"]})
         _raise_for(response)
         return Session(self, response.json(), fmt)
 
-    def stream(self, frames: Iterable[np.ndarray], *, fmt: str = "raw") -> Iterator[np.ndarray]:
-        """Deblur frames through a session's WebSocket; yields exactly as many frames as it got."""
+    def stream(
+        self, frames: Iterable[np.ndarray], *, fmt: str = "raw", on_queue: Callable[[int], None] | None = None
+    ) -> Iterator[np.ndarray]:
+        """Deblur frames through a session's WebSocket; yields exactly as many frames as it got.
+        ``on_queue`` as in ``session``."""
         from websockets.sync.client import connect
 
-        session = self.session(fmt=fmt)
+        session = self.session(fmt=fmt, on_queue=on_queue)
         ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         headers = {"X-API-Key": self.api_key} if self.api_key else None
         # A caller that stops reading (or fails) closes the socket, which ends the session on the server.

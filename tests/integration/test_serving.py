@@ -58,7 +58,8 @@ def named_sessions(app: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def int8_endpoint(serve_endpoint: dict) -> Iterator[str]:
-    """A third app: int8 sessions, one session at a time, videos of at most 10 frames, short-lived jobs."""
+    """A third app: int8 sessions, one session at a time and no queue, videos of at most 10 frames,
+    short-lived jobs."""
     from ray import serve
 
     from deblur.serving import build_app
@@ -69,6 +70,7 @@ def int8_endpoint(serve_endpoint: dict) -> Iterator[str]:
         "precision": "int8",
         "session_cpus": 0.25,
         "max_sessions": 1,
+        "max_queue": 0,
         "max_frames": 10,
         "max_upload_mb": 2,
         "max_width": 320,
@@ -180,6 +182,50 @@ def test_a_stream_the_caller_stops_reading_ends_its_session(serve_endpoint: dict
         # Before the idle timeout would have closed it.
         wait_for(ended, "the abandoned session ended", serve_endpoint["session_timeout_s"] * 0.75)
         wait_for(lambda: actor not in named_sessions("deblur"), "the abandoned session's actor gone", 10)
+
+
+def test_the_default_config_queues_streams_after_a_dropped_one_instead_of_refusing_them(serve_endpoint: dict) -> None:
+    """serve/config.yaml's defaults on a 2-core machine hold one session at a time (1 CPU each)."""
+    from ray import serve
+
+    from deblur.serving import build_app
+
+    serve.run(build_app({}), name="defaults", route_prefix="/defaults")
+    url = f"{serve_endpoint['url']}/defaults"
+    frames = video_frames(12, 128, 96)
+    try:
+        with DeblurClient(url) as client:
+            dropped = client.session()
+            with connect(f"{url.replace('http', 'ws', 1)}/v1/sessions/{dropped.id}/stream", max_size=None) as ws:
+                ws.send(json.dumps({"format": "raw", "width": 128, "height": 96}))
+                for frame in frames[:4]:
+                    ws.send(frame.tobytes())
+                ws.recv(timeout=60)  # the first deblurred frame: the session is at work
+            # ... and dropped without finish. Now two streams at once.
+            results: dict[str, list[np.ndarray] | BaseException] = {}
+            positions: dict[str, list[int]] = {"a": [], "b": []}
+
+            def run(name: str) -> None:
+                try:
+                    with DeblurClient(url) as own:
+                        results[name] = list(own.stream(iter(frames), on_queue=positions[name].append))
+                except BaseException as error:  # reported below
+                    results[name] = error
+
+            began = time.monotonic()
+            threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=150)
+            took = time.monotonic() - began
+        assert all(isinstance(results.get(n), list) and len(results[n]) == 12 for n in "ab"), results
+        assert took < 120, f"two streams of 12 frames took {took:.0f} s"
+        assert positions["a"] or positions["b"], "one of the two should have waited in the queue"
+        for a, b in zip(results["a"], results["b"], strict=True):  # type: ignore[arg-type]
+            np.testing.assert_array_equal(a, b)
+    finally:
+        serve.delete("defaults")
 
 
 def test_whole_video_upload_keeps_frames_fps_and_audio(serve_endpoint: dict, tmp_path: Path) -> None:
@@ -457,9 +503,9 @@ def test_int8_sessions_and_uploads_give_exactly_the_offline_int8_frames(
         assert client.ready()["model"]["precision"] == "int8"
         session = client.session(fmt="raw")
         assert session.info["precision"] == "int8"
-        with pytest.raises(EndpointError) as full:  # max_sessions = 1
+        with pytest.raises(EndpointError) as full:  # max_sessions = 1, max_queue = 0
             client.session()
-        assert full.value.status == 503 and "max_sessions" in full.value.message
+        assert full.value.status == 503 and "queue is full" in full.value.message
         out = [f for frame in frames for f in session.push(frame)] + session.close()
         assert len(out) == len(expected)
         for g, e in zip(out, expected, strict=True):

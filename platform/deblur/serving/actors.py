@@ -4,6 +4,7 @@ Actors are named and detached in namespace ``deblur``, so any ingress replica re
 here imports Ray at module level: the actors import it when they run.
 """
 
+import contextlib
 import re
 import tempfile
 import threading
@@ -28,6 +29,7 @@ __all__ = [
     "SessionClosedError",
     "SessionError",
     "named_actors",
+    "request_session_nodes",
     "run_job",
 ]
 
@@ -272,3 +274,11 @@ class RemoteProcessor:
         import ray
 
         return [out for _, out in ray.get(self.actor.finish.remote())]
+
+
+def request_session_nodes(bundle: dict[str, float], count: int) -> None:
+    """Ask the Ray autoscaler, where there is one, for room for ``count`` session actors of ``bundle``."""
+    from ray.autoscaler.sdk import request_resources
+
+    with contextlib.suppress(Exception):  # no autoscaler (a fixed or local cluster): nothing to ask
+        request_resources(bundles=[bundle] * count)

@@ -19,14 +19,12 @@ Importing this module imports Ray Serve: ``deblur.serving`` imports it only when
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import secrets
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,7 +49,9 @@ from deblur.serving.actors import (
     SessionActor,
     SessionError,
     named_actors,
+    request_session_nodes,
 )
+from deblur.serving.admission import RETRY_AFTER_S, Admission, ClusterCapacity, QueueFullError
 from deblur.serving.config import ServingConfig, http_host, open_endpoint_warning, shown_source
 from deblur.serving.wire import (
     API_VERSION,
@@ -61,6 +61,7 @@ from deblur.serving.wire import (
     ApiError,
     FrameLimit,
     PushStats,
+    check_api_key,
     check_format,
     check_uri,
     check_video_limits,
@@ -68,8 +69,11 @@ from deblur.serving.wire import (
     encode_frame,
     frames_json,
     issued_session,
+    make_sample_video,
     new_session_id,
     parse_control,
+    remove_tree,
+    stream_file,
 )
 
 __all__ = ["DeblurApi", "api", "build_app"]
@@ -89,39 +93,19 @@ api = FastAPIOffline(
 async def api_error(_: Request, error: ApiError) -> JSONResponse:
     # A body cut off unread (too large, stalled): without "close" the HTTP server would keep the
     # connection and read the rest of the upload only to discard it.
-    headers = {"Connection": "close"} if error.status in (408, 413) else None
+    headers = {"Connection": "close"} if error.status in (408, 413) else {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
     return JSONResponse({"detail": error.message}, status_code=error.status, headers=headers)
-
-
-async def _stream_file(path: Path, workdir: Path) -> AsyncIterator[bytes]:
-    try:
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                yield chunk
-    finally:
-        _remove(workdir)
-
-
-def _remove(workdir: Path) -> None:
-    import shutil
-
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _make_sample_video() -> Path:
-    from deblur.demo import make_sample
-    from deblur.video import EncoderOptions, write_video
-
-    blurry, _, fps = make_sample(seconds=1.0, seed=7, tau=11, stride=16)
-    path = Path(tempfile.mkdtemp(prefix="deblur-sample-")) / "sample.mp4"
-    write_video(path, blurry, fps=fps, encoder=EncoderOptions(crf=16))
-    return path
 
 
 # Serve pickles the class by value when it is decorated: whatever its methods use must be defined
 # above this line.
+INGRESS_CPUS = 0.25
+
+
 @serve.deployment(
-    ray_actor_options={"num_cpus": 0.25},
+    ray_actor_options={"num_cpus": INGRESS_CPUS},
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16},
     max_ongoing_requests=64,
 )
@@ -160,6 +144,19 @@ class DeblurApi:
         self.stats = PushStats()
         self.secret = secret or secrets.token_bytes(16)  # build_app gives all replicas one
         self.sample: Path | None = None
+        self._capacity = ClusterCapacity(
+            ray.cluster_resources,
+            fixed=self.config.max_sessions,
+            session_cpus=self.config.session_cpus,
+            session_gpus=self.session_gpus,
+            reserved_cpus=INGRESS_CPUS,
+        )
+        self.admission = Admission(
+            capacity=self._capacity,
+            open_sessions=self._count_sessions,
+            max_queue=self.config.max_queue,
+            wait_s=self.config.queue_wait_s,
+        )
         warning = open_endpoint_warning(http_host(), self.config)
         if warning:
             logger.warning(warning)
@@ -167,18 +164,7 @@ class DeblurApi:
     # -- helpers ------------------------------------------------------------------------
 
     def _authorize(self, request: Request | WebSocket) -> None:
-        key = self.config.api_key()
-        if key is None:
-            return
-        given = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if given is None and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if given is None and isinstance(request, WebSocket):
-            given = request.query_params.get("api_key")
-        # Constant time: how long a wrong key takes must not tell how much of it was right.
-        if given is None or not hmac.compare_digest(given.encode(), key.encode()):
-            raise ApiError(401, "missing or wrong API key (send it as X-API-Key)")
+        check_api_key(request.headers, request.query_params if isinstance(request, WebSocket) else {}, self.config)
 
     def _actor_options(self, name: str) -> dict[str, Any]:
         return {
@@ -189,6 +175,18 @@ class DeblurApi:
             "num_gpus": self.session_gpus,
             "max_restarts": 0,
         }
+
+    def _admit(self, ticket: str | None) -> Any:
+        """None: start now; else the 202 answer with the request's place in the queue."""
+        try:
+            queued = self.admission.try_enter(ticket)
+        except QueueFullError as error:
+            raise ApiError(503, str(error), retry_after=RETRY_AFTER_S * 5) from None
+        if queued is None:
+            return None
+        bundle = {"GPU": self.session_gpus} if self.session_gpus else {"CPU": self.config.session_cpus}
+        request_session_nodes(bundle, self._count_sessions() + queued.waiting)
+        return JSONResponse(queued.body(), status_code=202, headers={"Retry-After": str(RETRY_AFTER_S)})
 
     def _count_sessions(self) -> int:
         prefix = self.session_prefix
@@ -297,7 +295,7 @@ class DeblurApi:
 
     @api.get(f"/{API_VERSION}/ready")
     async def ready(self) -> dict[str, Any]:
-        sessions = {"open": self._count_sessions(), "max": self.config.max_sessions}
+        sessions = {"open": self._count_sessions(), "max": self._capacity(), "queued": self.admission.waiting}
         return {"status": "ready", "model": self.model_info, "session_gpus": self.session_gpus, "sessions": sessions}
 
     @api.get(f"/{API_VERSION}/metrics")
@@ -306,14 +304,19 @@ class DeblurApi:
         names = named_actors()
         return {
             "open_sessions": self._count_sessions(),  # of this application
-            "max_sessions": self.config.max_sessions,
+            "max_sessions": self._capacity(),
+            "queued": self.admission.waiting,  # in this replica's queue
             "jobs": sum(n.startswith(JOB_PREFIX) for n in names),  # running, or finished and kept
             **self.stats.summary(),
         }
 
     @api.post(f"/{API_VERSION}/sessions", status_code=201)
-    async def open_session(self, request: Request) -> dict[str, Any]:
+    async def open_session(self, request: Request, ticket: str | None = None) -> Any:
+        """201: a session. 202: queued, with its place and a ticket: ask again with ``?ticket=``."""
         self._authorize(request)
+        queued = self._admit(ticket)
+        if queued is not None:
+            return queued
         _, _, info = await self._open_session()
         return {**info, "timeout_s": self.config.session_timeout_s}
 
@@ -420,6 +423,10 @@ class DeblurApi:
             except VideoError as error:
                 raise ApiError(422, str(error)) from error
             check_video_limits(info, self.config, name=filename)
+            try:  # the body is in: wait for a place inside the request
+                await self.admission.enter()
+            except QueueFullError as error:
+                raise ApiError(503, str(error), retry_after=RETRY_AFTER_S * 5) from None
             _, actor, _ = await self._open_session()
             processor = FrameLimit(RemoteProcessor(actor, self.stats), self.config.max_frames, filename)
             encoder = EncoderOptions(lossless=lossless, crf=self.config.crf)
@@ -432,11 +439,11 @@ class DeblurApi:
             finally:
                 ray.kill(actor)
         except BaseException:
-            _remove(workdir)
+            remove_tree(workdir)
             raise
         media = {".mkv": "video/x-matroska", ".mov": "video/quicktime", ".nut": "application/octet-stream"}
         return StreamingResponse(
-            _stream_file(target, workdir),
+            stream_file(target, workdir),
             media_type=media.get(target.suffix, "video/mp4"),
             headers={
                 "Content-Disposition": f'attachment; filename="deblurred{target.suffix}"',
@@ -448,7 +455,7 @@ class DeblurApi:
     @api.get(f"/{API_VERSION}/sample")
     async def sample(self) -> Response:
         if self.sample is None or not self.sample.exists():
-            self.sample = await asyncio.to_thread(_make_sample_video)
+            self.sample = await asyncio.to_thread(make_sample_video)
         return Response(self.sample.read_bytes(), media_type="video/mp4")
 
     @api.post(f"/{API_VERSION}/jobs", status_code=202, openapi_extra=JOB_BODY)

@@ -33,8 +33,14 @@ class ServingConfig(Settings):
     max_height: StrictInt = Field(2160, ge=1)
     session_timeout_s: Number = Field(300.0, gt=0)
     upload_timeout_s: Number = Field(60.0, gt=0)  # an upload that sends no data for this long is cut off (408)
-    session_start_timeout_s: Number = Field(60.0, gt=0)  # a session actor not started by then (cluster full): 503
-    max_sessions: StrictInt | None = Field(None, ge=1)  # open sessions of this application at once; more: 503
+    # A session actor not started by then: 503. Longer than adding a node, for autoscaled clusters.
+    session_start_timeout_s: Number = Field(300.0, gt=0)
+    # Open sessions (and uploads) of this application at once; None: what the cluster's CPUs (or
+    # GPUs) hold in session actors of session_cpus (session_gpus), at least one. More wait in a queue
+    # of at most max_queue, each for at most queue_wait_s; past that, 503.
+    max_sessions: StrictInt | None = Field(None, ge=1)
+    max_queue: StrictInt = Field(16, ge=0)
+    queue_wait_s: Number = Field(600.0, gt=0)
     session_cpus: Number = Field(1.0, gt=0)
     session_gpus: Number | None = Field(None, ge=0)  # None: 1 when the cluster has GPUs, else 0 (CPU fallback)
     # s3:// prefixes jobs may read and write; () = none

@@ -8,8 +8,11 @@ import hashlib
 import hmac
 import io
 import json
+import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,7 @@ __all__ = [
     "ApiError",
     "FrameLimit",
     "PushStats",
+    "check_api_key",
     "check_format",
     "check_uri",
     "check_video_limits",
@@ -32,8 +36,11 @@ __all__ = [
     "encode_frame",
     "frames_json",
     "issued_session",
+    "make_sample_video",
     "new_session_id",
     "parse_control",
+    "remove_tree",
+    "stream_file",
 ]
 
 API_VERSION = "v1"
@@ -79,9 +86,26 @@ FORMATS = ("raw", "png")  # how deblurred frames travel back
 class ApiError(Exception):
     """An HTTP error with a status and a message for the client."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.retry_after = status, message, retry_after
+
+
+def check_api_key(headers: Any, query: Any, config: ServingConfig) -> None:
+    """401 unless the request carries the server's key (X-API-Key, a bearer token, or for a
+    WebSocket, whose browser API sends no headers, ``?api_key=``); nothing when it has none."""
+    key = config.api_key()
+    if key is None:
+        return
+    given = headers.get("x-api-key")
+    auth = headers.get("authorization", "")
+    if given is None and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    if given is None:
+        given = query.get("api_key")
+    # Constant time: how long a wrong key takes must not tell how much of it was right.
+    if given is None or not hmac.compare_digest(given.encode(), key.encode()):
+        raise ApiError(401, "missing or wrong API key (send it as X-API-Key)")
 
 
 def decode_frame(
@@ -254,3 +278,30 @@ def issued_session(session_id: str, secret: bytes) -> bool:
 
 def _session_tag(secret: bytes, base: str) -> str:
     return hmac.new(secret, base.encode(), hashlib.sha256).hexdigest()[:8]
+
+
+async def stream_file(path: Path, workdir: Path) -> AsyncIterator[bytes]:
+    """A response body read from ``path``; ``workdir`` is removed once it is sent (or cut off)."""
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                yield chunk
+    finally:
+        remove_tree(workdir)
+
+
+def remove_tree(workdir: Path) -> None:
+    import shutil
+
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def make_sample_video() -> Path:
+    """The viewer page's sample: a second of synthetic blurry video."""
+    from deblur.demo import make_sample
+    from deblur.video import EncoderOptions, write_video
+
+    blurry, _, fps = make_sample(seconds=1.0, seed=7, tau=11, stride=16)
+    path = Path(tempfile.mkdtemp(prefix="deblur-sample-")) / "sample.mp4"
+    write_video(path, blurry, fps=fps, encoder=EncoderOptions(crf=16))
+    return path

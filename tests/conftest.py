@@ -16,6 +16,7 @@ from media import write_test_video
 from tiny import tiny_model
 
 SESSION_TIMEOUT_S = 4.0  # of the test endpoint's sessions
+RESUME_S = 2.0  # how long a dropped stream's session waits for it to come back
 
 # An endpoint configured with api_key_env=TEST_API_KEY_ENV requires this key.
 TEST_API_KEY_ENV = "DEBLUR_TEST_API_KEY"
@@ -122,6 +123,7 @@ def serve_endpoint(
         "precision": "fp32",  # outputs are compared with the fp32 engine bit for bit
         "session_cpus": 0.25,
         "session_timeout_s": SESSION_TIMEOUT_S,
+        "resume_s": RESUME_S,
         "max_upload_mb": 2,
         "max_width": 320,
         "max_height": 240,
@@ -137,6 +139,7 @@ def serve_endpoint(
             "bucket": bucket,
             "key": key,
             "session_timeout_s": SESSION_TIMEOUT_S,
+            "resume_s": RESUME_S,
         }
     finally:
         serve.shutdown()

@@ -228,6 +228,47 @@ def test_the_default_config_queues_streams_after_a_dropped_one_instead_of_refusi
         serve.delete("defaults")
 
 
+def test_a_dropped_stream_resumes_from_its_last_frame_and_matches_an_uninterrupted_run(serve_endpoint: dict) -> None:
+    frames = video_frames(12, 40, 30)
+    expected = offline(serve_endpoint["checkpoint"], frames)
+    ws_url = serve_endpoint["url"].replace("http", "ws", 1)
+    settings = json.dumps({"format": "raw", "width": 40, "height": 30})
+    with DeblurClient(serve_endpoint["url"]) as client:
+        session = client.session()
+        received: list[np.ndarray] = []
+        with connect(f"{ws_url}/v1/sessions/{session.id}/stream", max_size=None) as ws:
+            ws.send(settings)
+            for frame in frames[:6]:
+                ws.send(frame.tobytes())
+            received.append(np.frombuffer(ws.recv(timeout=30), np.uint8).reshape(30, 40, 3))
+            wait_for(lambda: session.status()["next_seq"] == 6, "the server to take all six frames", 30)
+        # Dropped without finish, four outputs lost in transit; back within resume_s.
+        with connect(f"{ws_url}/v1/sessions/{session.id}/stream", max_size=None) as ws:
+            ws.send(settings)
+            ws.send(json.dumps({"type": "resume", "received": len(received)}))
+            resumed = json.loads(ws.recv(timeout=30))
+            assert resumed == {"type": "resumed", "next_seq": 6}
+            for frame in frames[resumed["next_seq"] :]:
+                ws.send(frame.tobytes())
+            ws.send(json.dumps({"type": "finish"}))
+            while isinstance(message := ws.recv(timeout=30), bytes):
+                received.append(np.frombuffer(message, np.uint8).reshape(30, 40, 3))
+            assert json.loads(message)["type"] == "done"
+    assert len(received) == len(expected)
+    for got, want in zip(received, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_dropped_stream_not_resumed_frees_its_session_after_resume_s(serve_endpoint: dict) -> None:
+    with DeblurClient(serve_endpoint["url"]) as client:
+        session = client.session()
+        with connect(f"{serve_endpoint['url'].replace('http', 'ws', 1)}/v1/sessions/{session.id}/stream") as ws:
+            ws.send(json.dumps({"format": "raw", "width": 16, "height": 16}))
+            ws.send(video_frames(1, 16, 16)[0].tobytes())
+        wait_for(lambda: session.status()["waiting_for_resume"], "the session to wait", 10)
+        wait_for(lambda: session.id not in " ".join(named_sessions("deblur")), "the actor gone after resume_s", 15)
+
+
 def test_whole_video_upload_keeps_frames_fps_and_audio(serve_endpoint: dict, tmp_path: Path) -> None:
     source = write_test_video(tmp_path / "in.mp4", width=48, height=32, frames=25, fps=25, audio=True)
     out = tmp_path / "out.mp4"

@@ -81,7 +81,10 @@ def test_frames_within_the_limits_decode() -> None:
         ('{"width": true}', 422, "width must be a positive integer, got True"),
         ('{"width": 2.5}', 422, "width must be a positive integer"),
         ('{"format": "jpeg"}', 422, "raw or png, got 'jpeg'"),
-        ('{"type": "stop"}', 422, "type must be settings or finish"),
+        ('{"type": "stop"}', 422, "type must be settings, finish or resume"),
+        ('{"type": "resume"}', 422, "a resume message is"),
+        ('{"type": "resume", "received": -1}', 422, "received must be a non-negative integer, got -1"),
+        ('{"received": 3}', 422, "a resume message is"),
         ('{"fromat": "raw"}', 422, "unknown key(s) ['fromat']"),
     ],
 )
@@ -93,6 +96,7 @@ def test_bad_websocket_control_messages_get_a_4xx(text: str, status: int, words:
 def test_good_websocket_control_messages_parse() -> None:
     assert parse_control('{"format": "raw", "width": 40, "height": 30}') == {"format": "raw", "width": 40, "height": 30}
     assert parse_control('{"type": "finish"}') == {"type": "finish"}
+    assert parse_control('{"type": "resume", "received": 0}') == {"type": "resume", "received": 0}
 
 
 def test_video_limits_name_the_video() -> None:

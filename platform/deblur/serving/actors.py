@@ -4,6 +4,7 @@ Actors are named and detached in namespace ``deblur``, so any ingress replica re
 here imports Ray at module level: the actors import it when they run.
 """
 
+import collections
 import contextlib
 import re
 import tempfile
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 NAMESPACE = "deblur"
+REPLAY_FRAMES = 32  # outputs a session keeps for a stream that resumes
 SESSION_PREFIX = "deblur-session-"
 JOB_PREFIX = "deblur-job-"
 SESSION_ID = re.compile(r"[0-9a-f]{40}")  # wire.new_session_id: anything else names no session
@@ -90,6 +92,9 @@ class SessionActor:
         self.timeout = settings.session_timeout_s
         self.next_seq = 0
         self.closed: str | None = None
+        # The last outputs, for a stream that reconnects after losing some in transit (resume).
+        self.recent: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=REPLAY_FRAMES)
+        self.orphaned_until: float | None = None  # a dropped stream's grace period, for a resume
         self.created = self.last_active = time.monotonic()
         self.lock = threading.Lock()
         threading.Thread(target=self._watchdog, daemon=True).start()
@@ -114,7 +119,9 @@ class SessionActor:
             self.next_seq += 1
             self.last_active = time.monotonic()
             first = self.engine.frames_emitted - len(ready)
-            return [(first + i, out) for i, out in enumerate(ready)]
+            outputs = [(first + i, out) for i, out in enumerate(ready)]
+            self.recent.extend(outputs)
+            return outputs
 
     def finish(self) -> list[tuple[int, np.ndarray]]:
         with self.lock:
@@ -126,12 +133,33 @@ class SessionActor:
             threading.Timer(2.0, _kill_self).start()
             return [(first + i, out) for i, out in enumerate(tail)]
 
-    def abandon(self) -> None:
-        """The client went away without finishing: end the session and free the actor."""
+    def abandon(self, grace_s: float = 0.0) -> None:
+        """The client went away without finishing: end the session and free the actor, at once or,
+        with ``grace_s``, unless the stream resumes within that time."""
         with self.lock:
             self._check_open()
+            if grace_s > 0:
+                self.orphaned_until = time.monotonic() + grace_s
+                return
             self.closed = "abandoned by its client"
             threading.Timer(0.5, _kill_self).start()
+
+    def resume(self, received: int) -> tuple[int, list[tuple[int, np.ndarray]]]:
+        """A stream back after a drop, which had received ``received`` outputs: (the next frame seq
+        it must send, the outputs it missed). Frames the session has are never deblurred again."""
+        with self.lock:
+            self._check_open()
+            emitted = self.engine.frames_emitted
+            if not 0 <= received <= emitted:
+                raise OutOfOrderError(f"session {self.session_id}: {emitted} frames were sent out, not {received}")
+            missed = [(i, frame) for i, frame in self.recent if i >= received]
+            if len(missed) < emitted - received:
+                raise SessionClosedError(
+                    f"session {self.session_id}: output {received} is no longer kept (the last {REPLAY_FRAMES} are)"
+                )
+            self.orphaned_until = None
+            self.last_active = time.monotonic()
+            return self.next_seq, missed
 
     def status(self) -> dict[str, Any]:
         return {
@@ -139,6 +167,7 @@ class SessionActor:
             "frames_received": self.engine.frames_received,
             "frames_emitted": self.engine.frames_emitted,
             "next_seq": self.next_seq,
+            "waiting_for_resume": self.orphaned_until is not None,
             "idle_s": round(time.monotonic() - self.last_active, 3),
             "closed": self.closed,
         }
@@ -152,6 +181,10 @@ class SessionActor:
             time.sleep(min(1.0, self.timeout / 4))
             with self.lock:
                 if self.closed:
+                    return
+                if self.orphaned_until is not None and time.monotonic() > self.orphaned_until:
+                    self.closed = "abandoned by its client"
+                    _kill_self()
                     return
                 if time.monotonic() - self.last_active > self.timeout:
                     self.closed = f"closed after {self.timeout:g} s without frames"

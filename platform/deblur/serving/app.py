@@ -101,11 +101,11 @@ async def api_error(_: Request, error: ApiError) -> JSONResponse:
 
 # Serve pickles the class by value when it is decorated: whatever its methods use must be defined
 # above this line.
-INGRESS_CPUS = 0.25
+INGRESS_CPUS = 0.25  # each replica's num_cpus below (a literal there: the infra tests read it)
 
 
 @serve.deployment(
-    ray_actor_options={"num_cpus": INGRESS_CPUS},
+    ray_actor_options={"num_cpus": 0.25},
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16},
     max_ongoing_requests=64,
 )
@@ -248,9 +248,10 @@ class DeblurApi:
             ) from error
 
     async def _abandon(self, session_id: str) -> None:
-        """A stream gone without finishing: its actor is freed now, not at the idle timeout."""
+        """A stream gone without finishing: its actor is freed after ``resume_s`` (unless the
+        stream resumes), not at the idle timeout."""
         with contextlib.suppress(ApiError):
-            await self._call(session_id, "abandon")
+            await self._call(session_id, "abandon", self.config.resume_s)
 
     async def _read_body(self, request: Request, limit: int, path: Path | None = None) -> bytes | int:
         declared = request.headers.get("content-length")
@@ -374,6 +375,12 @@ class DeblurApi:
                     return
                 if message.get("text") is not None:
                     control = parse_control(message["text"])
+                    if control.get("type") == "resume":
+                        seq, missed = await self._call(session_id, "resume", control["received"])
+                        await websocket.send_text(json.dumps({"type": "resumed", "next_seq": seq}))
+                        for _, out in missed:
+                            await websocket.send_bytes(encode_frame(out, fmt))
+                        continue
                     if control.get("type") == "finish":
                         tail = await self._call(session_id, "finish")
                         self.stats.add(None, len(tail))

@@ -32,6 +32,7 @@ class ServingConfig(Settings):
     max_width: StrictInt = Field(3840, ge=1)
     max_height: StrictInt = Field(2160, ge=1)
     session_timeout_s: Number = Field(300.0, gt=0)
+    resume_s: Number = Field(10.0, ge=0)  # a WebSocket dropped without finish: its session waits this long for a resume
     upload_timeout_s: Number = Field(60.0, gt=0)  # an upload that sends no data for this long is cut off (408)
     # A session actor not started by then: 503. Longer than adding a node, for autoscaled clusters.
     session_start_timeout_s: Number = Field(300.0, gt=0)

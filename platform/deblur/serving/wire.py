@@ -162,24 +162,29 @@ def check_format(fmt: str | None) -> str:
 
 
 def parse_control(text: str) -> dict[str, Any]:
-    """A WebSocket text message: ``{"type": "finish"}``, or settings ``{"format", "width", "height"}``."""
+    """A WebSocket text message: ``{"type": "finish"}``, settings ``{"format", "width", "height"}``,
+    or, first on a socket that reconnects to its session, ``{"type": "resume", "received": N}``."""
     try:
         control = json.loads(text)
     except ValueError as error:
         raise ApiError(400, f"a text message must be JSON ({error})") from error
     if not isinstance(control, dict):
         raise ApiError(400, f"a text message must be a JSON object, got {type(control).__name__}")
-    known = {"type", "format", "width", "height"}
+    known = {"type", "format", "width", "height", "received"}
     if set(control) - known:
         raise ApiError(422, f"unknown key(s) {sorted(set(control) - known)} in a text message; known: {sorted(known)}")
-    if control.get("type", "settings") not in ("settings", "finish"):
-        raise ApiError(422, f"type must be settings or finish, got {control['type']!r}")
+    kind = control.get("type", "settings")
+    if kind not in ("settings", "finish", "resume"):
+        raise ApiError(422, f"type must be settings, finish or resume, got {control['type']!r}")
     if "format" in control:
         check_format(control["format"])
-    for key in ("width", "height"):
+    for key, least in (("width", 1), ("height", 1), ("received", 0)):
         value = control.get(key)
-        if key in control and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ApiError(422, f"{key} must be a positive integer, got {value!r}")
+        if key in control and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            kind_of = "a positive" if least else "a non-negative"
+            raise ApiError(422, f"{key} must be {kind_of} integer, got {value!r}")
+    if (kind == "resume") != ("received" in control):
+        raise ApiError(422, 'a resume message is {"type": "resume", "received": N}, N the frames received')
     return control
 
 

@@ -402,7 +402,8 @@ def test_api_key_is_enforced(serve_endpoint: dict) -> None:
     ready = httpx.get(f"{url}/v1/ready").json()  # a probe: no key
     assert ready["status"] == "ready" and ready["model"]["m"] == 1 and ready["model"]["precision"] == "fp32"
     assert "/" not in ready["model"]["source"]  # the checkpoint's name, not the server's path
-    assert ready["sessions"]["max"] is None and ready["sessions"]["open"] >= 0
+    # No max_sessions: what the cluster holds (2 CPUs less a replica's quarter, 0.25 CPU per session).
+    assert ready["sessions"] == {"open": ready["sessions"]["open"], "max": 7, "queued": 0}
     with DeblurClient(url, api_key=serve_endpoint["key"]) as client:
         before = client.metrics()
         session = client.session()

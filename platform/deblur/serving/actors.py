@@ -133,6 +133,27 @@ class SessionActor:
             threading.Timer(2.0, _kill_self).start()
             return [(first + i, out) for i, out in enumerate(tail)]
 
+    def deblur_upload(
+        self, data: bytes, name: str, suffixes: tuple[str, str], lossless: bool, crf: int, max_frames: int
+    ) -> tuple[bytes, int]:
+        """A whole uploaded video decoded, deblurred and encoded here, not in the ingress (whose
+        fraction of a CPU would bound it): (the output file's bytes, its frames)."""
+        from deblur.video import EncoderOptions, VideoError, transform_video
+
+        with self.lock, tempfile.TemporaryDirectory(prefix="deblur-upload-") as tmpdir:
+            self._check_open()
+            source, target = Path(tmpdir) / f"input{suffixes[0]}", Path(tmpdir) / f"output{suffixes[1]}"
+            source.write_bytes(data)
+            processor = FrameLimit(self.engine, max_frames, name)
+            try:
+                result = transform_video(
+                    source, target, processor, encoder=EncoderOptions(lossless=lossless, crf=crf), name=name
+                )
+            except (VideoError, ApiError) as error:  # bad input or over a limit: the message names it
+                raise BadFrameError(str(error).replace(str(source), name)) from error
+            self.last_active = time.monotonic()
+            return target.read_bytes(), result.frames
+
     def abandon(self, grace_s: float = 0.0) -> None:
         """The client went away without finishing: end the session and free the actor, at once or,
         with ``grace_s``, unless the stream resumes within that time."""
@@ -282,31 +303,6 @@ class JobActor:
 
     def status(self) -> dict[str, Any]:
         return dict(self.state)
-
-
-class RemoteProcessor:
-    """``transform_video``'s frame processor backed by a session actor (one frame in flight).
-
-    ``stats`` records each push: anything with ``add(latency_s, frames)``.
-    """
-
-    def __init__(self, actor: Any, stats: Any) -> None:
-        self.actor, self.stats = actor, stats
-        self.pushed = 0
-
-    def push(self, frame: np.ndarray) -> list[np.ndarray]:
-        import ray
-
-        started = time.perf_counter()
-        ready = ray.get(self.actor.push.remote(self.pushed, frame))
-        self.stats.add(time.perf_counter() - started, len(ready))
-        self.pushed += 1
-        return [out for _, out in ready]
-
-    def finish(self) -> list[np.ndarray]:
-        import ray
-
-        return [out for _, out in ray.get(self.actor.finish.remote())]
 
 
 def request_session_nodes(bundle: dict[str, float], count: int) -> None:

@@ -45,7 +45,6 @@ from deblur.serving.actors import (
     SESSION_ID,
     SESSION_PREFIX,
     JobActor,
-    RemoteProcessor,
     SessionActor,
     SessionError,
     named_actors,
@@ -59,7 +58,6 @@ from deblur.serving.wire import (
     JOB_BODY,
     VIDEO_BODY,
     ApiError,
-    FrameLimit,
     PushStats,
     check_api_key,
     check_format,
@@ -72,6 +70,7 @@ from deblur.serving.wire import (
     make_sample_video,
     new_session_id,
     parse_control,
+    read_body,
     remove_tree,
     stream_file,
 )
@@ -254,35 +253,7 @@ class DeblurApi:
             await self._call(session_id, "abandon", self.config.resume_s)
 
     async def _read_body(self, request: Request, limit: int, path: Path | None = None) -> bytes | int:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
-        size = 0
-        chunks: list[bytes] = []
-        sink = path.open("wb") if path is not None else None
-        chunks_in = request.stream().__aiter__()
-        try:
-            while True:
-                # A client that stops sending (slow-loris) would hold the upload open forever.
-                try:
-                    chunk = await asyncio.wait_for(anext(chunks_in), self.config.upload_timeout_s)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise ApiError(
-                        408, f"no request data for {self.config.upload_timeout_s:g} s: the upload was cut off"
-                    ) from None
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
-                if sink is not None:
-                    sink.write(chunk)
-                else:
-                    chunks.append(chunk)
-        finally:
-            if sink is not None:
-                sink.close()
-        return b"".join(chunks) if sink is None else size
+        return await read_body(request, limit, path, stall_s=self.config.upload_timeout_s)
 
     # -- routes -------------------------------------------------------------------------
 
@@ -413,7 +384,7 @@ class DeblurApi:
         self, request: Request, lossless: bool = False, filename: str = "video.mp4"
     ) -> StreamingResponse:
         """Body: a video file. Answer: the deblurred video (same frames, timing and audio)."""
-        from deblur.video import EncoderOptions, VideoError, probe_video, transform_video
+        from deblur.video import VideoError, probe_video
 
         self._authorize(request)
         suffix = Path(filename).suffix.lower() or ".mp4"
@@ -435,16 +406,19 @@ class DeblurApi:
             except QueueFullError as error:
                 raise ApiError(503, str(error), retry_after=RETRY_AFTER_S * 5) from None
             _, actor, _ = await self._open_session()
-            processor = FrameLimit(RemoteProcessor(actor, self.stats), self.config.max_frames, filename)
-            encoder = EncoderOptions(lossless=lossless, crf=self.config.crf)
             try:
-                await asyncio.to_thread(transform_video, source, target, processor, encoder=encoder, name=filename)
-            except VideoError as error:
-                raise ApiError(422, str(error)) from error
+                data = await asyncio.to_thread(source.read_bytes)
+                output, frames = await actor.deblur_upload.remote(
+                    data, filename, (suffix, target.suffix), lossless, self.config.crf, self.config.max_frames
+                )
+            except SessionError as error:
+                raise ApiError(error.status, str(getattr(error, "cause", None) or error)) from error
             except RayActorError as error:
                 raise ApiError(503, f"the actor deblurring {filename} died; try again") from error
             finally:
                 ray.kill(actor)
+            await asyncio.to_thread(target.write_bytes, output)
+            self.stats.add(None, frames)
         except BaseException:
             remove_tree(workdir)
             raise
@@ -455,7 +429,7 @@ class DeblurApi:
             headers={
                 "Content-Disposition": f'attachment; filename="deblurred{target.suffix}"',
                 "Content-Length": str(target.stat().st_size),
-                "X-Deblur-Frames": str(processor.pushed),
+                "X-Deblur-Frames": str(frames),
             },
         )
 

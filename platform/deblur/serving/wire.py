@@ -2,6 +2,7 @@
 control messages, S3 URIs, the limits, ``ApiError`` (an HTTP status with a message), and the
 push figures of /v1/metrics."""
 
+import asyncio
 import base64
 import collections
 import hashlib
@@ -39,6 +40,7 @@ __all__ = [
     "make_sample_video",
     "new_session_id",
     "parse_control",
+    "read_body",
     "remove_tree",
     "stream_file",
 ]
@@ -283,6 +285,38 @@ def issued_session(session_id: str, secret: bytes) -> bool:
 
 def _session_tag(secret: bytes, base: str) -> str:
     return hmac.new(secret, base.encode(), hashlib.sha256).hexdigest()[:8]
+
+
+async def read_body(request: Any, limit: int, path: Path | None = None, *, stall_s: float) -> bytes | int:
+    """A request's body, at most ``limit`` bytes (413), into ``path`` (its size returned) or memory;
+    a client that sends nothing for ``stall_s`` is cut off (408)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
+    size = 0
+    chunks: list[bytes] = []
+    sink = path.open("wb") if path is not None else None
+    chunks_in = request.stream().__aiter__()
+    try:
+        while True:
+            # A client that stops sending (slow-loris) would hold the upload open forever.
+            try:
+                chunk = await asyncio.wait_for(anext(chunks_in), stall_s)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise ApiError(408, f"no request data for {stall_s:g} s: the upload was cut off") from None
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+            if sink is not None:
+                sink.write(chunk)
+            else:
+                chunks.append(chunk)
+    finally:
+        if sink is not None:
+            sink.close()
+    return b"".join(chunks) if sink is None else size
 
 
 async def stream_file(path: Path, workdir: Path) -> AsyncIterator[bytes]:

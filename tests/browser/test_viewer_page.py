@@ -62,6 +62,63 @@ def test_upload_deblur_and_see_the_result(serve_endpoint: dict, tmp_path: Path) 
             browser.close()
 
 
+def test_progress_compare_and_live_mode(serve_endpoint: dict, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    long = write_test_video(tmp_path / "long.mp4", width=160, height=120, frames=240, audio=False)
+    short = write_test_video(tmp_path / "short.mp4", width=64, height=48, frames=12, audio=False)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(serve_endpoint["url"] + "/")
+            # Every status line the page shows, as it shows it.
+            page.evaluate(
+                """window.seen = [];
+                new MutationObserver(() => window.seen.push(document.getElementById('status').textContent))
+                    .observe(document.getElementById('status'),
+                             {childList: true, characterData: true, subtree: true});"""
+            )
+            page.set_input_files("#file", str(long))
+            page.click("#run")
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')", timeout=180_000)
+            progress = [line for line in page.evaluate("window.seen") if " / 240 frames, " in line]
+            assert progress, page.evaluate("window.seen")  # frames done of 240, fps, time left, from the actor
+            # Compare: the wipe shows the deblurred video left of the line; the slider scrubs all players.
+            assert page.is_visible("#compare")
+            page.fill("#wipe", "30")
+            page.dispatch_event("#wipe", "input")
+            assert page.evaluate("document.getElementById('wiped').style.clipPath") == "inset(0px 70% 0px 0px)"
+            page.wait_for_function("document.getElementById('output').readyState >= 1", timeout=30_000)
+            page.fill("#scrub", "500")
+            page.dispatch_event("#scrub", "input")
+            times = page.evaluate(
+                "['input', 'output', 'wipebase', 'wiped'].map((id) => document.getElementById(id).currentTime)"
+            )
+            assert min(times) > 3.0 and max(times) - min(times) < 0.05, times  # 8 s of video: all near 4 s
+            # Live: the short file's frames pushed over the WebSocket, each deblurred frame drawn as it comes.
+            page.set_input_files("#file", str(short))
+            page.click("#golive")
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('Live done')", timeout=120_000
+            )
+            assert page.text_content("#status") == "Live done: 12 frames deblurred of 12 sent."
+            live = [
+                line for line in page.evaluate("window.seen") if line.startswith("Live: ") and "deblurred of" in line
+            ]
+            assert len(live) >= 11  # one line per frame that came back before the last
+            drawn = page.evaluate(
+                "Array.from(document.getElementById('liveout').getContext('2d').getImageData(0, 0, 64, 48).data)"
+                ".filter((v, i) => i % 4 !== 3).some((v) => v > 0)"
+            )
+            assert drawn
+            assert errors == []
+        finally:
+            browser.close()
+
+
 def test_the_api_docs_render_with_no_network(serve_endpoint: dict) -> None:
     from playwright.sync_api import sync_playwright
 

@@ -94,7 +94,10 @@ class SessionActor:
         self.closed: str | None = None
         # The last outputs, for a stream that reconnects after losing some in transit (resume).
         self.recent: collections.deque[tuple[int, np.ndarray]] = collections.deque(maxlen=REPLAY_FRAMES)
-        self.orphaned_until: float | None = None  # a dropped stream's grace period, for a resume
+        self.orphaned_until: float | None = None
+        self.work_started: float | None = (
+            None  # when an upload began, for its progress  # a dropped stream's grace period, for a resume
+        )
         self.created = self.last_active = time.monotonic()
         self.lock = threading.Lock()
         threading.Thread(target=self._watchdog, daemon=True).start()
@@ -145,6 +148,7 @@ class SessionActor:
             source, target = Path(tmpdir) / f"input{suffixes[0]}", Path(tmpdir) / f"output{suffixes[1]}"
             source.write_bytes(data)
             processor = FrameLimit(self.engine, max_frames, name)
+            self.work_started = time.monotonic()
             try:
                 result = transform_video(
                     source, target, processor, encoder=EncoderOptions(lossless=lossless, crf=crf), name=name
@@ -153,6 +157,12 @@ class SessionActor:
                 raise BadFrameError(str(error).replace(str(source), name)) from error
             self.last_active = time.monotonic()
             return target.read_bytes(), result.frames
+
+    def progress(self) -> dict[str, Any]:
+        """Frames done and the rate, answered while an upload runs (session actors have two threads)."""
+        done = self.engine.frames_emitted
+        seconds = time.monotonic() - self.work_started if self.work_started is not None else 0.0
+        return {"frames_done": done, "fps": done / seconds if seconds > 0 else 0.0}
 
     def abandon(self, grace_s: float = 0.0) -> None:
         """The client went away without finishing: end the session and free the actor, at once or,

@@ -4,6 +4,7 @@
     GET  /v1/health, /v1/ready          liveness, readiness (model loaded)
     GET  /v1/metrics                    open sessions, frames/s, push latency (this replica)
     POST /v1/videos                     body: a video file -> the deblurred video (streamed back)
+    GET  /v1/videos/progress/{token}    frames done, fps, ETA of an upload sent with ?progress=token
     GET  /v1/sample                     a synthetic blurry sample video (for the page)
     POST /v1/jobs                       {"input": "s3://...", "output": "s3://..."} -> {"job_id"}
     GET  /v1/jobs/{id}                  status of a job
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import secrets
 import tempfile
 import time
@@ -70,6 +72,7 @@ from deblur.serving.wire import (
     make_sample_video,
     new_session_id,
     parse_control,
+    progress_json,
     read_body,
     remove_tree,
     stream_file,
@@ -100,6 +103,7 @@ async def api_error(_: Request, error: ApiError) -> JSONResponse:
 
 # Serve pickles the class by value when it is decorated: whatever its methods use must be defined
 # above this line.
+PROGRESS_TOKEN = re.compile(r"[0-9a-f]{8,64}")
 INGRESS_CPUS = 0.25  # each replica's num_cpus below (a literal there: the infra tests read it)
 
 
@@ -143,6 +147,7 @@ class DeblurApi:
         self.stats = PushStats()
         self.secret = secret or secrets.token_bytes(16)  # build_app gives all replicas one
         self.sample: Path | None = None
+        self.uploads: dict[str, tuple[Any, int | None]] = {}  # progress token -> (actor, frames declared)
         self._capacity = ClusterCapacity(
             ray.cluster_resources,
             fixed=self.config.max_sessions,
@@ -173,6 +178,7 @@ class DeblurApi:
             "num_cpus": self.config.session_cpus,
             "num_gpus": self.session_gpus,
             "max_restarts": 0,
+            "max_concurrency": 2,  # a progress or status call answered while an upload runs
         }
 
     def _admit(self, ticket: str | None) -> Any:
@@ -381,12 +387,14 @@ class DeblurApi:
 
     @api.post(f"/{API_VERSION}/videos", openapi_extra=VIDEO_BODY)
     async def deblur_video(
-        self, request: Request, lossless: bool = False, filename: str = "video.mp4"
+        self, request: Request, lossless: bool = False, filename: str = "video.mp4", progress: str | None = None
     ) -> StreamingResponse:
         """Body: a video file. Answer: the deblurred video (same frames, timing and audio)."""
         from deblur.video import VideoError, probe_video
 
         self._authorize(request)
+        if progress is not None and not PROGRESS_TOKEN.fullmatch(progress):
+            raise ApiError(422, "progress must be 8-64 hex digits (a token the client makes up)")
         suffix = Path(filename).suffix.lower() or ".mp4"
         if suffix not in {".mp4", ".mov", ".mkv", ".m4v", ".webm", ".avi", ".nut"}:
             raise ApiError(422, f"unsupported file type {suffix!r}")
@@ -406,6 +414,8 @@ class DeblurApi:
             except QueueFullError as error:
                 raise ApiError(503, str(error), retry_after=RETRY_AFTER_S * 5) from None
             _, actor, _ = await self._open_session()
+            if progress is not None:
+                self.uploads[progress] = (actor, info.frames)
             try:
                 data = await asyncio.to_thread(source.read_bytes)
                 output, frames = await actor.deblur_upload.remote(
@@ -416,6 +426,7 @@ class DeblurApi:
             except RayActorError as error:
                 raise ApiError(503, f"the actor deblurring {filename} died; try again") from error
             finally:
+                self.uploads.pop(progress or "", None)
                 ray.kill(actor)
             await asyncio.to_thread(target.write_bytes, output)
             self.stats.add(None, frames)
@@ -432,6 +443,15 @@ class DeblurApi:
                 "X-Deblur-Frames": str(frames),
             },
         )
+
+    @api.get(f"/{API_VERSION}/videos/progress/{{token}}")
+    async def upload_progress(self, token: str, request: Request) -> dict[str, Any]:
+        """The progress of an upload sent with ``?progress=token``, while it runs on this replica."""
+        self._authorize(request)
+        if token not in self.uploads:
+            raise ApiError(404, "no upload with this progress token is running here")
+        actor, total = self.uploads[token]
+        return progress_json(await actor.progress.remote(), total)
 
     @api.get(f"/{API_VERSION}/sample")
     async def sample(self) -> Response:

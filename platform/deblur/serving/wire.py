@@ -40,6 +40,7 @@ __all__ = [
     "make_sample_video",
     "new_session_id",
     "parse_control",
+    "progress_json",
     "read_body",
     "remove_tree",
     "stream_file",
@@ -188,6 +189,19 @@ def parse_control(text: str) -> dict[str, Any]:
     if (kind == "resume") != ("received" in control):
         raise ApiError(422, 'a resume message is {"type": "resume", "received": N}, N the frames received')
     return control
+
+
+def progress_json(state: dict[str, Any], total: int | None) -> dict[str, Any]:
+    """An upload's progress for the page: frames done of the total (when the file declares it),
+    frames/s, and the seconds left at that rate."""
+    done, fps = int(state["frames_done"]), float(state["fps"])
+    eta = (total - done) / fps if total and fps > 0 else None
+    return {
+        "frames_done": done,
+        "frames_total": total,
+        "fps": round(fps, 2),
+        "eta_s": None if eta is None else round(eta),
+    }
 
 
 def encode_frame(frame: np.ndarray, fmt: str) -> bytes:

@@ -137,12 +137,18 @@ def test_the_perf_table_has_one_row_per_figure_in_order_with_its_goal() -> None:
     full = [figure.name for figure in perf_figures(quick=False, amx=False)]
     assert full[5] == "model alone fp32 640x480, `--compile`"
     # Training, the batch job and serving come last, in full runs only.
-    assert full[-4:] == [
+    assert full[-6:] == [
         "batch 320x240, 1 actor(s)",
         "batch 320x240, 2 actor(s)",
-        "serving 320x240, 1 session(s)",
-        "serving 320x240, 2 session(s)",
+        "batch 320x240, one video split across 2 actors",
+        "serving 320x240, 1 stream(s)",
+        "serving 320x240, 2 stream(s)",
+        "serving 320x240, 4 stream(s)",
     ]
+    goals = {f.name: f.goal for f in perf_figures(quick=False, amx=False)}
+    assert goals["batch 320x240, one video split across 2 actors"] == "<= 0.6x one actor"
+    assert goals["serving 320x240, 1 stream(s)"] == ">= 90% of offline"
+    assert goals["serving 320x240, 2 stream(s)"] == ">= 1.6x one stream"
     assert {name for name in full if name.startswith("training fp32")} == {
         "training fp32, 1 worker(s)",
         "training fp32, 2 worker(s)",

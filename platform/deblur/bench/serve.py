@@ -23,19 +23,21 @@ REPLICA_CPUS = 0.25  # the ingress replica's reservation (build_app's deployment
 
 def run_serve_benchmark(
     *,
-    sessions: tuple[int, ...] = (1, 2),
+    sessions: tuple[int, ...] = (1, 2, 4),
     frames: int = 30,
     width: int = 320,
     height: int = 240,
     cache: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """K concurrent live sessions over HTTP on loopback: per-frame latency p50/p99 and its overhead.
+    """K concurrent live sessions over HTTP on loopback: per-frame latency p50/p99, its overhead,
+    and total frames/s against offline deblurring (the engine in this process, every thread).
 
-    Every session actor reserves an equal share of the CPUs left beside the ingress replica, so the
-    largest K fits the machine (a session that cannot start would fail, not queue). The first two
-    pushes of each session are warm-up and not counted; with fewer than 100 samples p99 is the max,
-    and is reported as such.
+    One session alone runs as the endpoint can run it alone: an actor with every CPU the ingress
+    replica leaves, one thread per core. For K > 1 every session actor reserves an equal share
+    of what the largest K needs, one thread each, so all K start at once. The first two pushes of
+    each session are warm-up and not counted; with fewer than 100 samples p99 is the max, and is
+    reported as such.
     """
     import numpy as np
     import ray
@@ -50,40 +52,55 @@ def run_serve_benchmark(
     checkpoint = bench_model_path(directory)
     rng = np.random.default_rng(0)
     clip = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(frames)]
-    bare = _bare_step_seconds(checkpoint, clip)
-    echo(f"bare engine step at {width}x{height}, 1 thread: median {bare * 1000:.1f} ms")
-
-    results: dict[str, Any] = {"bare_ms": bare * 1000}
     cpus = os.cpu_count() or 1
     if frames < 3 or not sessions or min(sessions) < 1 or cpus <= REPLICA_CPUS:
         raise ValueError(f"need frames >= 3, sessions >= 1 and more than {REPLICA_CPUS} CPU; got {frames}, {sessions}")
-    # An equal share of what the replica leaves, so that the largest K starts at once on this machine.
-    session_cpus = round(min(1.0, (cpus - REPLICA_CPUS) / max(sessions)), 4)
-    echo(f"{cpus} CPUs: ingress replica {REPLICA_CPUS} CPU, each session actor {session_cpus:g} CPU, 1 thread")
+    bare = _bare_step_seconds(checkpoint, clip, threads=1)
+    offline = 1.0 / _bare_step_seconds(checkpoint, clip, threads=cpus)
+    echo(f"bare engine step at {width}x{height}, 1 thread: median {bare * 1000:.1f} ms")
+    echo(f"offline (the engine in this process, {cpus} threads): {offline:.2f} frames/s")
+    results: dict[str, Any] = {"bare_ms": bare * 1000, "offline_fps": offline}
+    free = cpus - REPLICA_CPUS
+    shared = round(min(1.0, free / max(sessions)), 4)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         port = find_free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        settings = {"checkpoint": checkpoint, "device": "cpu", "session_cpus": session_cpus}
-        serve.run(build_app(settings), name="bench")
         for k in sessions:
-            results[k] = _concurrent_sessions(f"http://127.0.0.1:{port}", clip, k, bare=bare, echo=echo)
-            results[k]["session_cpus"] = session_cpus
+            alone = k == 1
+            settings = {
+                "checkpoint": checkpoint,
+                "device": "cpu",
+                "session_cpus": free if alone else shared,
+                "session_threads": cpus if alone else 1,
+            }
+            serve.run(build_app(settings), name=f"bench{k}", route_prefix=f"/bench{k}")
+            echo(
+                f"{k} session(s): each actor {settings['session_cpus']:g} CPU, {settings['session_threads']} thread(s)"
+            )
+            results[k] = _concurrent_sessions(f"http://127.0.0.1:{port}/bench{k}", clip, k, bare=bare, echo=echo)
+            results[k].update(session_cpus=settings["session_cpus"], session_threads=settings["session_threads"])
+            serve.delete(f"bench{k}")
         serve.shutdown()
     finally:
         ray.shutdown()
+    one = results[sessions[0]]["frames_per_s"] if sessions[0] == 1 else None
+    for k in sessions:
+        versus = f", {results[k]['frames_per_s'] / one:.2f}x one stream" if one and k > 1 else ""
+        echo(f"summary: {k} stream(s) {results[k]['frames_per_s'] / offline:.0%} of offline{versus}")
+    echo("goals: one stream alone >= 90% of offline; two streams together >= 1.6x one")
     return results
 
 
-def _bare_step_seconds(checkpoint: str, clip: list[Any]) -> float:
-    """The bare model step: the online engine in this process, one thread (as a session actor)."""
+def _bare_step_seconds(checkpoint: str, clip: list[Any], *, threads: int) -> float:
+    """The bare model step: the online engine in this process, ``threads`` threads (1: as a session actor)."""
     import numpy as np
     import torch
 
     from deblur.checkpoint import load_model
     from deblur.engine import OnlineDeblurrer
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     engine = OnlineDeblurrer(load_model(checkpoint), device="cpu")
     times = []
     for frame in clip:

@@ -143,7 +143,7 @@ class DeblurApi:
         # Sessions are named after the application: one application (its key, its model) never
         # reaches another's sessions, and max_sessions counts its own.
         self.session_prefix = f"{SESSION_PREFIX}{serve.get_replica_context().app_name}/"
-        self.threads = max(1, int(self.config.session_cpus))
+        self.threads = self.config.session_threads or max(1, int(self.config.session_cpus))
         self.stats = PushStats()
         self.secret = secret or secrets.token_bytes(16)  # build_app gives all replicas one
         self.sample: Path | None = None

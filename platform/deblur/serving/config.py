@@ -43,6 +43,7 @@ class ServingConfig(Settings):
     max_queue: StrictInt = Field(16, ge=0)
     queue_wait_s: Number = Field(600.0, gt=0)
     session_cpus: Number = Field(1.0, gt=0)
+    session_threads: StrictInt | None = Field(None, ge=1)  # torch threads per session; None: one per whole CPU
     session_gpus: Number | None = Field(None, ge=0)  # None: 1 when the cluster has GPUs, else 0 (CPU fallback)
     # s3:// prefixes jobs may read and write; () = none
     allowed_prefixes: Annotated[tuple[StrictStr, ...], BeforeValidator(_prefix_list)] = ()

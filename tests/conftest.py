@@ -128,6 +128,7 @@ def serve_endpoint(
         "max_width": 320,
         "max_height": 240,
         "allowed_prefixes": [f"{bucket}/jobs"],
+        "job_min_chunk_seconds": 0.5,  # so that a test's short video can be split
     }
     serve.run(build_app(common), name="deblur", route_prefix="/")
     env, key = test_api_key

@@ -454,6 +454,43 @@ def test_s3_job_is_submitted_and_polled(serve_endpoint: dict, tmp_path: Path) ->
     assert [u for u in storage.list_files(f"{bucket}/jobs/out")] == [f"{bucket}/jobs/out/job.mp4"]
 
 
+def test_an_s3_job_in_chunks_is_cut_deblurred_and_committed_whole(serve_endpoint: dict, tmp_path: Path) -> None:
+    from deblur.evaluate import frame_psnr
+
+    bucket = serve_endpoint["bucket"]
+    keyframes_every_12 = {"g": "12", "keyint_min": "12", "sc_threshold": "0"}
+    source = write_test_video(tmp_path / "long.mp4", width=48, height=32, frames=48, options=keyframes_every_12)
+    storage.upload_file(source, f"{bucket}/jobs/split-in/long.mp4")
+    outputs = {}
+    with DeblurClient(serve_endpoint["url"]) as client:
+        for chunks in (1, 2):
+            r = client._http.post(
+                "/v1/jobs",
+                json={
+                    "input": f"{bucket}/jobs/split-in/long.mp4",
+                    "output": f"{bucket}/jobs/split-{chunks}/long.mp4",
+                    "chunks": chunks,
+                },
+            )
+            assert r.status_code == 202, r.text
+            state = client.wait_job(r.json()["job_id"], timeout=180)
+            assert state["status"] == "ok" and state["record"]["frames"] == 48, state
+            assert state["record"].get("chunks", 1) == chunks, state
+            outputs[chunks] = tmp_path / f"out{chunks}.mp4"
+            storage.download_file(f"{bucket}/jobs/split-{chunks}/long.mp4", outputs[chunks])
+        r = client._http.post(
+            "/v1/jobs",
+            json={"input": f"{bucket}/jobs/split-in/long.mp4", "output": f"{bucket}/jobs/x.mp4", "chunks": 0},
+        )
+        assert r.status_code == 422 and "chunks must be" in r.json()["detail"]
+    assert stream_facts(outputs[2])["times"] == stream_facts(source)["times"]
+    # The same video as the job in one piece, within H.264's loss (both are CRF 18, encoded apart);
+    # the model-level match of chunks with a sequential run is tests/integration/test_chunks.py's.
+    worst = min(frame_psnr(a, b) for a, b in zip(read_frames(outputs[2]), read_frames(outputs[1]), strict=True))
+    assert worst >= 30.0, worst
+    assert storage.list_files(f"{bucket}/jobs/split-2") == [f"{bucket}/jobs/split-2/long.mp4"]  # no parts left
+
+
 def test_openapi_documents_the_versioned_api(serve_endpoint: dict) -> None:
     spec = httpx.get(f"{serve_endpoint['url']}/openapi.json").json()
     paths = set(spec["paths"])

@@ -19,7 +19,8 @@ video --precision``) applies to every actor, each quantizing its model once.
 
     config.py   ServingConfig, the application's ``args``
     wire.py     frames, control messages, URIs, limits, ApiError: plain Python, tested without a cluster
-    actors.py   SessionActor, JobActor and the S3 job task
+    actors.py   SessionActor (one video in flight)
+    jobs.py     JobActor and the S3 job's tasks (whole, or in chunks)
     app.py      the ingress deployment (DeblurApi) and build_app; imports Ray Serve
 
 Importing this package imports neither Ray nor FastAPI: ``build_app`` loads ``app`` when called.

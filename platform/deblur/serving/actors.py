@@ -10,34 +10,31 @@ import re
 import tempfile
 import threading
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deblur.serving.config import ServingConfig
-from deblur.serving.wire import ApiError, FrameLimit, check_video_limits
+from deblur.serving.wire import ApiError, FrameLimit
 
 __all__ = [
-    "JOB_PREFIX",
     "NAMESPACE",
     "SESSION_ID",
     "SESSION_PREFIX",
     "BadFrameError",
-    "JobActor",
     "OutOfOrderError",
     "SessionActor",
     "SessionClosedError",
     "SessionError",
+    "kill_self",
     "named_actors",
     "request_session_nodes",
-    "run_job",
 ]
 
 NAMESPACE = "deblur"
 REPLAY_FRAMES = 32  # outputs a session keeps for a stream that resumes
 SESSION_PREFIX = "deblur-session-"
-JOB_PREFIX = "deblur-job-"
 SESSION_ID = re.compile(r"[0-9a-f]{40}")  # wire.new_session_id: anything else names no session
 
 
@@ -66,7 +63,7 @@ def named_actors() -> list[str]:
     return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == NAMESPACE]
 
 
-def _kill_self() -> None:
+def kill_self() -> None:
     """Ends the calling actor for good (no restart)."""
     import ray
 
@@ -133,7 +130,7 @@ class SessionActor:
             tail = self.engine.finish()
             self.closed = "closed by the client"
             # Let this call's reply go out, then free the actor (and its GPU memory).
-            threading.Timer(2.0, _kill_self).start()
+            threading.Timer(2.0, kill_self).start()
             return [(first + i, out) for i, out in enumerate(tail)]
 
     def deblur_upload(
@@ -173,7 +170,7 @@ class SessionActor:
                 self.orphaned_until = time.monotonic() + grace_s
                 return
             self.closed = "abandoned by its client"
-            threading.Timer(0.5, _kill_self).start()
+            threading.Timer(0.5, kill_self).start()
 
     def resume(self, received: int) -> tuple[int, list[tuple[int, np.ndarray]]]:
         """A stream back after a drop, which had received ``received`` outputs: (the next frame seq
@@ -215,104 +212,12 @@ class SessionActor:
                     return
                 if self.orphaned_until is not None and time.monotonic() > self.orphaned_until:
                     self.closed = "abandoned by its client"
-                    _kill_self()
+                    kill_self()
                     return
                 if time.monotonic() - self.last_active > self.timeout:
                     self.closed = f"closed after {self.timeout:g} s without frames"
-                    _kill_self()
+                    kill_self()
                     return
-
-
-def run_job(job_id: str, source: str, destination: str, config: dict[str, Any], threads: int) -> dict[str, Any]:
-    """Deblur one S3 object into another (as ``batch.deblur_object`` does, within the endpoint's
-    limits and at its precision): the outcome, ``status`` "ok" with a record or "failed" with an error.
-
-    It runs as a Ray task with the job's CPU or GPU, so the resources are free once it returns.
-    """
-    import torch
-
-    from deblur import storage
-    from deblur.checkpoint import load_model
-    from deblur.engine import OnlineDeblurrer
-    from deblur.video import EncoderOptions, VideoError, probe_video, transform_video
-
-    settings = ServingConfig.from_dict(config)
-    torch.set_num_threads(max(1, threads))
-    started = time.perf_counter()
-    try:
-        # The limits of an upload: the header before any work, then the frames as they come (a
-        # container need not declare how many it holds).
-        with storage.open_input(source) as handle:
-            info = probe_video(handle, name=source)
-        check_video_limits(info, settings, name=source)
-        model = load_model(settings.checkpoint)
-        engine = OnlineDeblurrer(model, device=settings.device, precision=settings.precision)
-        processor = FrameLimit(engine, settings.max_frames, source)
-        with tempfile.TemporaryDirectory(prefix="deblur-job-") as tmpdir:
-            local = Path(tmpdir) / f"output{PurePosixPath(destination).suffix or '.mp4'}"
-            with storage.open_input(source) as handle:
-                encoder = EncoderOptions(crf=settings.crf)
-                result = transform_video(handle, local, processor, encoder=encoder, name=source)
-            storage.commit_file(local, destination, staging_uri=f"{destination}.staging-{job_id}")
-    except (VideoError, ApiError) as error:  # bad input or over a limit: the message names the input
-        return {"status": "failed", "error": str(error)}
-    except Exception as error:  # reported to the client, never a silent failure
-        return {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-    seconds = time.perf_counter() - started
-    record = {
-        "source": source,
-        "destination": destination,
-        "frames": result.frames,
-        "width": result.info.width,
-        "height": result.info.height,
-        "video_fps": str(result.info.fps),
-        "precision": settings.precision,
-        "seconds": round(seconds, 3),
-        "fps": round(result.frames / seconds, 3) if seconds > 0 else None,
-        **({"timestamp_repair": result.timestamp_repair} if result.timestamp_repair else {}),
-        **({"format_note": result.format_note} if result.format_note else {}),
-    }
-    return {"status": "ok", "record": record, "error": None}
-
-
-class JobActor:
-    """Remembers one S3 job for ``job_ttl_s`` after it ends, then removes itself.
-
-    The work is a task (``run_job``) with the job's CPU or GPU; the actor itself holds none, so a
-    finished job kept for polling costs no compute.
-    """
-
-    def __init__(
-        self,
-        job_id: str,
-        source: str,
-        destination: str,
-        config: dict[str, Any],
-        threads: int,
-        resources: dict[str, float],
-    ) -> None:
-        import ray
-
-        self.ttl = ServingConfig.from_dict(config).job_ttl_s
-        self.state: dict[str, Any] = {"job_id": job_id, "status": "running", "input": source, "output": destination}
-        self.started = time.time()
-        self._work = (
-            ray.remote(run_job).options(**resources, max_retries=0).remote(job_id, source, destination, config, threads)
-        )
-        threading.Thread(target=self._wait, daemon=True).start()
-
-    def _wait(self) -> None:
-        import ray
-
-        try:
-            outcome = ray.get(self._work)
-        except Exception as error:  # the task's worker died: a failure to report, never a silent one
-            outcome = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-        self.state.update(outcome, seconds=round(time.time() - self.started, 3))
-        threading.Timer(self.ttl, _kill_self).start()
-
-    def status(self) -> dict[str, Any]:
-        return dict(self.state)
 
 
 def request_session_nodes(bundle: dict[str, float], count: int) -> None:

@@ -42,11 +42,9 @@ from ray import serve
 from ray.exceptions import RayActorError
 
 from deblur.serving.actors import (
-    JOB_PREFIX,
     NAMESPACE,
     SESSION_ID,
     SESSION_PREFIX,
-    JobActor,
     SessionActor,
     SessionError,
     named_actors,
@@ -54,10 +52,12 @@ from deblur.serving.actors import (
 )
 from deblur.serving.admission import RETRY_AFTER_S, Admission, ClusterCapacity, QueueFullError
 from deblur.serving.config import ServingConfig, http_host, open_endpoint_warning, shown_source
+from deblur.serving.jobs import JOB_PREFIX, JobActor
 from deblur.serving.wire import (
     API_VERSION,
     FRAME_BODY,
     JOB_BODY,
+    MAX_JOB_CHUNKS,
     VIDEO_BODY,
     ApiError,
     PushStats,
@@ -468,8 +468,11 @@ class DeblurApi:
             body = json.loads(await self._read_body(request, 64 * 1024) or b"{}")
         except ValueError as error:
             raise ApiError(422, f"the body must be JSON: {error}") from error
-        if not isinstance(body, dict) or set(body) - {"input", "output"}:
-            raise ApiError(422, 'the body must be {"input": "s3://...", "output": "s3://..."}')
+        if not isinstance(body, dict) or set(body) - {"input", "output", "chunks"}:
+            raise ApiError(422, 'the body must be {"input": "s3://...", "output": "s3://..."[, "chunks": N]}')
+        chunks = body.get("chunks", 1)
+        if not isinstance(chunks, int) or isinstance(chunks, bool) or not 1 <= chunks <= MAX_JOB_CHUNKS:
+            raise ApiError(422, f"chunks must be an integer from 1 to {MAX_JOB_CHUNKS}, got {chunks!r}")
         source = check_uri(body.get("input"), self.config, what="input")
         destination = check_uri(body.get("output"), self.config, what="output")
         if source == destination:
@@ -487,7 +490,7 @@ class DeblurApi:
         options = self._actor_options(JOB_PREFIX + job_id)
         work = {"num_cpus": options.pop("num_cpus"), "num_gpus": options.pop("num_gpus")}
         ray.remote(JobActor).options(**options, num_cpus=0).remote(
-            job_id, source, destination, self.config.to_dict(), self.threads, work
+            job_id, source, destination, self.config.to_dict(), self.threads, work, chunks
         )
         return {"job_id": job_id, "status": "running", "input": source, "output": destination}
 

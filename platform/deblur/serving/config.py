@@ -48,6 +48,7 @@ class ServingConfig(Settings):
     # s3:// prefixes jobs may read and write; () = none
     allowed_prefixes: Annotated[tuple[StrictStr, ...], BeforeValidator(_prefix_list)] = ()
     job_ttl_s: Number = Field(3600.0, gt=0)
+    job_min_chunk_seconds: Number = Field(10.0, gt=0)  # a job split in chunks: the shortest chunk
     crf: StrictInt = Field(18, ge=0, le=51)
     precision: StrictStr = "auto"  # as `deblur video --precision`: fp32, int8 (CPU), bf16, fp16 (CUDA)
 

@@ -25,6 +25,7 @@ __all__ = [
     "FORMATS",
     "FRAME_BODY",
     "JOB_BODY",
+    "MAX_JOB_CHUNKS",
     "VIDEO_BODY",
     "ApiError",
     "FrameLimit",
@@ -65,6 +66,7 @@ FRAME_BODY = {
         "content": {"image/png": _BINARY, "image/jpeg": _BINARY, "application/octet-stream": _BINARY},
     }
 }
+MAX_JOB_CHUNKS = 64
 JOB_BODY = {
     "requestBody": {
         "required": True,
@@ -75,6 +77,13 @@ JOB_BODY = {
                     "properties": {
                         "input": {"type": "string", "example": "s3://bucket/in/video.mp4"},
                         "output": {"type": "string", "example": "s3://bucket/out/video.mp4"},
+                        "chunks": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_JOB_CHUNKS,
+                            "description": "cut a long video at keyframes into this many pieces, deblurred at once "
+                            "(each warmed up over the frames before it); default 1, the paper's online setting",
+                        },
                     },
                     "required": ["input", "output"],
                     "additionalProperties": False,

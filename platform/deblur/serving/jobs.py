@@ -132,10 +132,12 @@ class JobActor:
     def _in_chunks(self) -> dict[str, Any] | None:
         """The job cut in chunks run as parallel tasks; None when it cannot be cut (or joined)."""
         import ray
+        from ray.exceptions import RayTaskError
 
         from deblur import storage
         from deblur.batch_split import SplitVideos, split_video
         from deblur.batch_worker import VideoTask
+        from deblur.chunks import NotSplittableError
         from deblur.video import probe_video
 
         job_id, source, destination, config, threads = self.args
@@ -157,7 +159,14 @@ class JobActor:
         work = ray.remote(run_chunk).options(**self.resources, max_retries=0)
         refs = [work.remote(task, split.part_uri(task), config, threads) for task in tasks]
         outcome: Any = None
-        for part in ray.get(refs):
+        try:
+            parts = ray.get(refs)
+        except RayTaskError as error:
+            split.drop(video.key)
+            if isinstance(getattr(error, "cause", None), NotSplittableError):
+                return None  # found while decoding (timestamps that do not increase): in one piece
+            raise
+        for part in parts:
             if split.wanted(video.key):
                 outcome = split.add(part)
         if isinstance(outcome, VideoTask):

@@ -190,7 +190,14 @@ class VideoWorker:
         self.device = resolve_device(device)
         self.precision = check_precision(precision, self.device)
         model = load_model(checkpoint)
-        if precision == "int8":
+        if precision == "auto":
+            from deblur.precision import choose_precision
+
+            # What auto picks here: int8 is quantized once per actor below, not once per video.
+            resolved = choose_precision(self.device)[0]
+        else:
+            resolved = precision
+        if resolved == "int8":
             from deblur.quantize import quantize_model
 
             # Quantizing (calibration included) takes seconds: once per actor, not once per video.

@@ -155,8 +155,10 @@ class OnlineDeblurrer:
             precision, why = choose_precision(self.device, cpuinfo)
             self.precision_note = f"precision auto: {precision} ({why})"
             if precision != "fp32":
+                # A model quantized ahead (quantize_model) keeps its float original for the fp32 twin.
+                reference = getattr(model, "float_model", model)
                 self._shadow = OnlineDeblurrer(
-                    model, device=self.device, precision="fp32", compiled=compiled, tile=tile
+                    reference, device=self.device, precision="fp32", compiled=compiled, tile=tile
                 )
         self.precision = precision
         self.check_db = check_db

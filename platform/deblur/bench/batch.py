@@ -21,7 +21,7 @@ def run_batch_benchmark(
     frames: int = 30,
     width: int = 320,
     height: int = 240,
-    long_frames: int = 240,
+    long_frames: int = 600,
     cache: str | None = None,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:

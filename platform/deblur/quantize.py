@@ -181,6 +181,9 @@ class Int8Model:
                     "PERFORMANCE_HINT": "LATENCY",
                     "INFERENCE_PRECISION_HINT": "f32",
                     "INFERENCE_NUM_THREADS": self.threads or torch.get_num_threads(),
+                    # Pinned threads of two processes land on the same core on Linux: two batch
+                    # actors or sessions on one machine would share one core.
+                    "ENABLE_CPU_PINNING": False,
                 },
             )
             self._compiled[key] = compiled.create_infer_request()

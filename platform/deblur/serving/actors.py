@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 NAMESPACE = "deblur"
-REPLAY_FRAMES = 32  # outputs a session keeps for a stream that resumes
+REPLAY_FRAMES = 8  # outputs kept for a stream that resumes (in transit at a drop: a few; 4K: 25 MB each)
 SESSION_PREFIX = "deblur-session-"
 SESSION_ID = re.compile(r"[0-9a-f]{40}")  # wire.new_session_id: anything else names no session
 

@@ -104,7 +104,9 @@ def test_two_worker_ddp_run_completes_and_checkpoints(finished_run: FinishedRun,
 
 
 def test_killed_worker_resumes_from_its_checkpoint(dataset: str, s3_bucket: str) -> None:
-    config = _tiny(steps=80, checkpoint_every=10, eval_every=80, log_every=10, max_failures=2)
+    # The workers read their own shards (reader "worker", the CPU presets'): the restarted worker
+    # starts its reader thread again; the Ray Data reader is run by the other tests here.
+    config = _tiny(steps=80, checkpoint_every=10, eval_every=80, log_every=10, max_failures=2, reader="worker")
     result: dict[str, TrainingRun | BaseException] = {}
 
     def train() -> None:

@@ -22,6 +22,7 @@ from deblur.data.reader import (
     sample_training_crop,
     training_shards,
     window_key,
+    worker_batches,
 )
 from deblur.data.shards import _Committer, _read_shard, _ShardWriter
 from deblur.data.synth_job import _settings_for_one_operator, plan_tasks, process_video
@@ -447,3 +448,32 @@ def test_frames_between_exposures_may_go_undecoded_and_the_shards_are_eq1_of_eve
         shape = (row["frames"], row["height"], row["width"], 3)
         np.testing.assert_array_equal(np.frombuffer(row["blurry"], np.uint8).reshape(shape), [b for b, _ in expected])
         np.testing.assert_array_equal(np.frombuffer(row["sharp"], np.uint8).reshape(shape), [s for _, s in expected])
+
+
+def _two_shard_dataset(tmp_path: Path) -> Path:
+    source, out = _video_dir(tmp_path), tmp_path / "out"
+    config = DataConfig.from_dict(TWO_SHARDS)
+    (task,), _ = plan_tasks(str(source), str(out), config)
+    write_manifest(str(source), str(out), config, [process_video(task)])
+    return out
+
+
+def test_worker_batches_split_the_shards_between_workers_and_draw_batches_of_crops(tmp_path: Path) -> None:
+    out = _two_shard_dataset(tmp_path)
+    sampling = {"frames": 5, "crop": 16, "flips": True, "samples": 3}
+    keys = []
+    for rank in (0, 1):
+        batches = worker_batches(str(out), batch_size=2, rank=rank, world_size=2, seed=[0, rank], **sampling)
+        drawn = [next(batches) for _ in range(6)]
+        batches.close()  # stops the reader thread
+        assert all(b["blurry"].shape == (2, 5, 16, 16, 3) == b["sharp"].shape for b in drawn)
+        keys.append({k for b in drawn for k in b["key"]})
+    # Each worker reads its own shard, every pass: the two windows are split between them.
+    assert keys == [{"clip.mp4/clip-000/window-0"}, {"clip.mp4/clip-000/window-8"}]
+
+
+def test_worker_batches_raise_what_the_reader_thread_hit(tmp_path: Path) -> None:
+    out = _two_shard_dataset(tmp_path)
+    batches = worker_batches(str(out), batch_size=2, frames=9, crop=16, flips=False, samples=1)
+    with pytest.raises(ValueError, match="window of 8 frames at 48x40 cannot give 9 frames"):
+        next(batches)

@@ -1,13 +1,17 @@
-"""The training reader: random sequences from a synthesized dataset's shards, through Ray Data.
+"""The training reader: random sequences from a synthesized dataset's shards.
 
 ``read_training_dataset`` draws random runs of consecutive pairs, cropped at one location and
-flipped together (paper Sec. 5.3), from the finished training shards the manifest names;
-``iterate_eval_clips`` lists the evaluation clips. Ray is imported only when a dataset is built.
+flipped together (paper Sec. 5.3), from the finished training shards the manifest names, as a Ray
+Dataset; ``worker_batches`` draws the same samples inside a training worker, from its own share of
+the shards, in a background thread; ``iterate_eval_clips`` lists the evaluation clips. Ray is
+imported only when a dataset is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +28,7 @@ __all__ = [
     "sample_training_crop",
     "training_shards",
     "window_key",
+    "worker_batches",
 ]
 
 
@@ -77,7 +82,7 @@ def add_gaussian_noise(blurry: np.ndarray, *, rng: np.random.Generator, max_sigm
 
 
 class _CropSampler:
-    """Row -> ``samples`` random training samples; the RNG is per worker process, seeded from ``seed``."""
+    """Row -> ``samples`` random training samples, drawn with an RNG seeded from ``seed``."""
 
     def __init__(
         self,
@@ -85,16 +90,14 @@ class _CropSampler:
         frames: int,
         crop: int,
         flips: bool,
-        seed: int | None,
+        seed: int | Sequence[int] | None,
         samples: int,
         noise_sigma: float = 0.0,
         sharp_fraction: float = 0.0,
     ) -> None:
-        import os
-
         self.frames, self.crop, self.flips, self.samples = frames, crop, flips, samples
         self.noise_sigma, self.sharp_fraction = noise_sigma, sharp_fraction
-        self.rng = np.random.default_rng(None if seed is None else [seed, os.getpid()])
+        self.rng = np.random.default_rng(seed)
 
     def __call__(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         blurry, sharp = _decode_row(row)
@@ -120,9 +123,12 @@ def _sample_shard(item: dict[str, Any], **settings: Any) -> Iterator[dict[str, A
 
     ``settings`` are ``_CropSampler``'s keywords; each distinct setting keeps its own sampler.
     """
+    import os
+
     key = tuple(sorted(settings.items()))
     if key not in _SAMPLERS:
-        _SAMPLERS[key] = _CropSampler(**settings)
+        seed = settings["seed"]
+        _SAMPLERS[key] = _CropSampler(**{**settings, "seed": None if seed is None else [seed, os.getpid()]})
     sampler = _SAMPLERS[key]
     for row in _read_shard(item):
         yield from sampler(row)
@@ -204,6 +210,76 @@ def read_training_dataset(
         "sharp_fraction": sharp_fraction,
     }
     return dataset.flat_map(_sample_shard, fn_kwargs=sample, num_cpus=num_cpus)
+
+
+def worker_batches(
+    prefix: str,
+    *,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int | Sequence[int] | None = None,
+    prefetch: int = 4,
+    **sampling: Any,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless training batches ``{"blurry", "sharp", "key"}`` read inside one training worker.
+
+    The same samples as ``read_training_dataset`` (``sampling``: ``frames``, ``crop``, ``flips``,
+    ``samples``, ``noise_sigma``, ``sharp_fraction``, as ``_CropSampler`` takes them), without Ray
+    Data: worker ``rank`` of ``world_size`` reads every ``world_size``-th shard (all of them when
+    there are fewer shards than workers) in a new random order each pass, and a background thread
+    keeps ``prefetch`` batches ready while the model trains. A shuffle buffer of eight batches
+    mixes crops of different windows. This reader costs no CPU beyond its own work: Ray Data's
+    split coordinator polls without pause while training holds its reader back (docs/performance.md).
+    """
+    shards = training_shards(prefix)
+    mine = shards[rank::world_size] if len(shards) >= world_size else shards
+    sampler = _CropSampler(seed=seed, **sampling)
+    ready: queue.Queue[dict[str, np.ndarray] | BaseException] = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            buffer: list[dict[str, Any]] = []
+            while not stop.is_set():
+                rows = 0
+                for index in sampler.rng.permutation(len(mine)):
+                    for row in _read_shard({"uri": mine[index]}):
+                        rows += 1
+                        buffer.extend(sampler(row))
+                        while len(buffer) >= 8 * batch_size and not stop.is_set():
+                            ready.put(_take_batch(buffer, batch_size, sampler.rng))
+                if rows == 0:
+                    raise ValueError(f"{prefix}: the training shards of worker {rank} hold no windows")
+        except BaseException as error:  # handed to the training loop, which raises it
+            ready.put(error)
+
+    thread = threading.Thread(target=produce, name="deblur-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+def _take_batch(buffer: list[dict[str, Any]], size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``size`` samples drawn at random out of ``buffer`` (removed from it), stacked into a batch."""
+    picked = sorted(rng.choice(len(buffer), size=size, replace=False).tolist(), reverse=True)
+    samples = [buffer.pop(i) for i in picked]
+    return {
+        "blurry": np.stack([s["blurry"] for s in samples]),
+        "sharp": np.stack([s["sharp"] for s in samples]),
+        "key": np.array([s["key"] for s in samples]),
+    }
 
 
 def iterate_eval_clips(prefix: str) -> Iterator[dict[str, Any]]:

@@ -66,6 +66,28 @@ def _batches(shard: Any, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         epoch += 1
 
 
+def _worker_batches(worker: _Worker, step: int) -> Iterator[dict[str, np.ndarray]]:
+    """Batches read by this worker itself (``reader: worker``); a resumed run draws new samples."""
+    import ray.train
+
+    from deblur.data.reader import worker_batches
+
+    config = worker.config
+    return worker_batches(
+        worker.dataset,
+        batch_size=config.per_worker_batch,
+        rank=worker.rank,
+        world_size=ray.train.get_context().get_world_size(),
+        seed=[config.seed, worker.rank, step],
+        frames=config.sequence_frames,
+        crop=config.crop,
+        flips=True,
+        samples=config.samples_per_window,
+        noise_sigma=config.noise_sigma,
+        sharp_fraction=config.sharp_fraction,
+    )
+
+
 def _validate(model: DeblurNet, dataset: str, config: TrainConfig, device: torch.device) -> dict[str, float]:
     from deblur.evaluate import evaluate_model
 
@@ -127,7 +149,7 @@ def _start_worker(config: TrainConfig, loop_config: dict[str, Any]) -> _Worker:
     rank = context.get_world_rank()
     torch.set_num_threads(worker_threads(config))
     keep_freed_memory()  # every step allocates and frees the same activations (see its docstring)
-    # Data randomness (windows, crops, flips) lives in Ray Data's sampler; this seeds initialisation.
+    # Data randomness (windows, crops, flips) lives in the reader's sampler; this seeds initialisation.
     torch.manual_seed(config.seed + rank)
 
     model = build_model(ModelConfig(**config.model_dict()))
@@ -234,7 +256,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         # Resumed a finished run: say so (every worker, so their report counts stay equal).
         ray.train.report({"step": step, "start_step": step})
         return None
-    batches = _batches(ray.train.get_dataset_shard("train"), config.per_worker_batch)
+    batches = _worker_batches(worker, step) if config.reader == "worker" else _batches(
+        ray.train.get_dataset_shard("train"), config.per_worker_batch
+    )
     window = _Window()
     while step < config.steps:
         asked = time.perf_counter()
@@ -372,19 +396,27 @@ def run_training(
 
     from deblur import storage
     from deblur.cluster import connect_ray
-    from deblur.data.reader import count_training_windows, read_training_dataset
+    from deblur.data.reader import count_training_windows, read_training_dataset, training_shards
 
     dataset, storage_path = storage.absolute(dataset), storage.absolute(storage_path)
     connect_ray()
-    train_data = read_training_dataset(
-        dataset,
-        frames=config.sequence_frames,
-        crop=config.crop,
-        seed=config.seed,
-        samples_per_window=config.samples_per_window,
-        noise_sigma=config.noise_sigma,
-        sharp_fraction=config.sharp_fraction,
-    )
+    data: dict[str, Any] = {}
+    if config.reader == "ray_data":
+        train_data = read_training_dataset(
+            dataset,
+            frames=config.sequence_frames,
+            crop=config.crop,
+            seed=config.seed,
+            samples_per_window=config.samples_per_window,
+            noise_sigma=config.noise_sigma,
+            sharp_fraction=config.sharp_fraction,
+        )
+        data = {
+            "datasets": {"train": train_data},
+            "dataset_config": _ingest_config(config, count_training_windows(dataset)),
+        }
+    else:
+        training_shards(dataset)  # a dataset without training shards fails here, not in every worker
     filesystem, path = storage.filesystem_for(storage_path)
     resources_per_worker = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
@@ -408,8 +440,7 @@ def run_training(
             # ran a training step 10-15% slower here than one started at the thread count.
             worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(worker_threads(config))}},
         ),
-        datasets={"train": train_data},
-        dataset_config=_ingest_config(config, count_training_windows(dataset)),
+        **data,
     )
     try:
         result = trainer.fit()

@@ -19,7 +19,7 @@ import os
 from dataclasses import fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -86,6 +86,9 @@ class TrainConfig(Settings):
     samples_per_window: StrictInt = Field(4, ge=1)  # random crops drawn from each stored window per pass over the data
     noise_sigma: Number = Field(0.0, ge=0)  # up to this sigma (8-bit levels) of noise on a sample's blurry frames
     sharp_fraction: Number = Field(0.0, ge=0, le=1)  # samples whose input is their own sharp frames
+    # Where samples are read: "ray_data" (a Ray Dataset split across the workers) or "worker"
+    # (each worker reads its share of the shards itself, in a thread: no Ray Data on the cores)
+    reader: Literal["ray_data", "worker"] = "ray_data"
     lr: Number = Field(1e-4, gt=0)
     lr_decay: Number = Field(0.96, gt=0, le=1)
     lr_decay_every: StrictInt = Field(10_000, ge=1)

@@ -256,8 +256,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         # Resumed a finished run: say so (every worker, so their report counts stay equal).
         ray.train.report({"step": step, "start_step": step})
         return None
-    batches = _worker_batches(worker, step) if config.reader == "worker" else _batches(
-        ray.train.get_dataset_shard("train"), config.per_worker_batch
+    batches = (
+        _worker_batches(worker, step)
+        if config.reader == "worker"
+        else _batches(ray.train.get_dataset_shard("train"), config.per_worker_batch)
     )
     window = _Window()
     while step < config.steps:

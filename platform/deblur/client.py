@@ -31,6 +31,10 @@ import numpy as np
 
 __all__ = ["DeblurClient", "EndpointError", "Session"]
 
+# Frames a stream sends beyond the m the model needs before it answers: within the server's
+# window (serving.stream.WINDOW), so that neither side waits for the other.
+IN_FLIGHT = 2
+
 
 class EndpointError(RuntimeError):
     def __init__(self, status: int, message: str) -> None:
@@ -247,8 +251,9 @@ class DeblurClient:
                     configured = True
                 ws.send(_to_wire(frame, fmt))
                 pending += 1
-                # The server answers frame n after frame n+m: read what is due without blocking.
-                while pending > session.info["m"]:
+                # The server answers frame n after frame n+m. Up to IN_FLIGHT more are sent ahead, so
+                # that the next frame is there when the session finishes one.
+                while pending > session.info["m"] + IN_FLIGHT:
                     yield self._receive(ws, fmt, h, w)
                     pending -= 1
             ws.send(json.dumps({"type": "finish"}))

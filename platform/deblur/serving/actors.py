@@ -20,8 +20,10 @@ from deblur.serving.wire import ApiError, FrameLimit
 
 __all__ = [
     "NAMESPACE",
+    "SESSION_GROUPS",
     "SESSION_ID",
     "SESSION_PREFIX",
+    "STATUS_METHODS",
     "BadFrameError",
     "OutOfOrderError",
     "SessionActor",
@@ -36,6 +38,11 @@ NAMESPACE = "deblur"
 REPLAY_FRAMES = 8  # outputs kept for a stream that resumes (in transit at a drop: a few; 4K: 25 MB each)
 SESSION_PREFIX = "deblur-session-"
 SESSION_ID = re.compile(r"[0-9a-f]{40}")  # wire.new_session_id: anything else names no session
+# A session actor runs its calls one at a time, in the order they were sent (Ray's default
+# concurrency group of a threaded actor: one thread), so pushes may be sent ahead without waiting;
+# its status calls have a thread of their own, answered while a push or an upload runs.
+SESSION_GROUPS = {"status": 1}
+STATUS_METHODS = ("progress", "status")
 
 
 class SessionError(Exception):

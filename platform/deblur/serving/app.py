@@ -20,6 +20,7 @@ Importing this module imports Ray Serve: ``deblur.serving`` imports it only when
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -35,7 +36,7 @@ import ray
 
 # FastAPI reads the routes' type hints at run time (Serve wraps the methods, so string annotations
 # would not resolve): this module does not use ``from __future__ import annotations``.
-from fastapi import Request, WebSocket, WebSocketDisconnect
+from fastapi import Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from ray import serve
@@ -43,8 +44,10 @@ from ray.exceptions import RayActorError
 
 from deblur.serving.actors import (
     NAMESPACE,
+    SESSION_GROUPS,
     SESSION_ID,
     SESSION_PREFIX,
+    STATUS_METHODS,
     SessionActor,
     SessionError,
     named_actors,
@@ -53,6 +56,7 @@ from deblur.serving.actors import (
 from deblur.serving.admission import RETRY_AFTER_S, Admission, ClusterCapacity, QueueFullError
 from deblur.serving.config import ServingConfig, http_host, open_endpoint_warning, shown_source
 from deblur.serving.jobs import JOB_PREFIX, JobActor
+from deblur.serving.stream import refuse, run_stream
 from deblur.serving.wire import (
     API_VERSION,
     FRAME_BODY,
@@ -66,12 +70,10 @@ from deblur.serving.wire import (
     check_uri,
     check_video_limits,
     decode_frame,
-    encode_frame,
     frames_json,
     issued_session,
     make_sample_video,
     new_session_id,
-    parse_control,
     progress_json,
     read_body,
     remove_tree,
@@ -178,7 +180,6 @@ class DeblurApi:
             "num_cpus": self.config.session_cpus,
             "num_gpus": self.session_gpus,
             "max_restarts": 0,
-            "max_concurrency": 2,  # a progress or status call answered while an upload runs
         }
 
     def _admit(self, ticket: str | None) -> Any:
@@ -205,7 +206,7 @@ class DeblurApi:
             raise ApiError(503, f"{limit} sessions are open, the limit (max_sessions): try again later")
         session_id = new_session_id(self.secret)
         actor = (
-            ray.remote(SessionActor)
+            ray.remote(concurrency_groups=SESSION_GROUPS)(SessionActor)
             .options(**self._actor_options(self.session_prefix + session_id))
             .remote(session_id, self.config.to_dict(), self.threads)
         )
@@ -240,9 +241,15 @@ class DeblurApi:
             raise ApiError(404, f"session {session_id} does not exist") from None
 
     async def _call(self, session_id: str, method: str, *args: Any) -> Any:
-        actor = self._session(session_id)
+        call = getattr(self._session(session_id), method)
+        if method in STATUS_METHODS:  # answered beside a running push or upload
+            call = call.options(concurrency_group="status")
+        return await self._result(session_id, call.remote(*args))
+
+    async def _result(self, session_id: str, call: Any) -> Any:
+        """The outcome of a session actor's call, its errors as ``ApiError``."""
         try:
-            return await getattr(actor, method).remote(*args)
+            return await call
         except SessionError as error:
             # Ray re-raises the actor's exception wrapped; its message is on the cause.
             cause = getattr(error, "cause", None) or error
@@ -336,54 +343,22 @@ class DeblurApi:
 
     @api.websocket(f"/{API_VERSION}/sessions/{{session_id}}/stream")
     async def stream(self, websocket: WebSocket, session_id: str) -> None:
-        """Binary messages in: frames (PNG/JPEG, or raw after a {"format": "raw", ...} text
-        message); binary messages out: deblurred frames in order. Send {"type": "finish"}
-        to receive the last m frames and a {"type": "done"} message. Bad input gets a
-        {"type": "error", "status": 4xx, "detail": ...} message, then the socket closes with code
-        4000 + status (e.g. 4422) and the detail as its reason."""
+        """The session as a WebSocket stream (protocol: ``deblur.serving.stream``)."""
         await websocket.accept()
-        fmt, width, height, seq = "png", None, None, 0
         try:
             self._authorize(websocket)
-            while True:
-                message = await websocket.receive()
-                if message.get("type") == "websocket.disconnect":
-                    await self._abandon(session_id)
-                    return
-                if message.get("text") is not None:
-                    control = parse_control(message["text"])
-                    if control.get("type") == "resume":
-                        seq, missed = await self._call(session_id, "resume", control["received"])
-                        await websocket.send_text(json.dumps({"type": "resumed", "next_seq": seq}))
-                        for _, out in missed:
-                            await websocket.send_bytes(encode_frame(out, fmt))
-                        continue
-                    if control.get("type") == "finish":
-                        tail = await self._call(session_id, "finish")
-                        self.stats.add(None, len(tail))
-                        for _, frame in tail:
-                            await websocket.send_bytes(encode_frame(frame, fmt))
-                        await websocket.send_text(json.dumps({"type": "done", "frames": seq}))
-                        await websocket.close()
-                        return
-                    fmt = control.get("format", fmt)
-                    width, height = control.get("width", width), control.get("height", height)
-                    continue
-                kind = "application/octet-stream" if fmt == "raw" else "image/png"
-                frame = decode_frame(message["bytes"], kind, width=width, height=height, config=self.config)
-                started = time.perf_counter()
-                ready = await self._call(session_id, "push", seq, frame)
-                self.stats.add(time.perf_counter() - started, len(ready))
-                seq += 1
-                for _, out in ready:
-                    await websocket.send_bytes(encode_frame(out, fmt))
+            actor = self._session(session_id)
         except ApiError as error:
-            await websocket.send_text(json.dumps({"type": "error", "status": error.status, "detail": error.message}))
-            # A close reason holds at most 123 bytes of UTF-8.
-            reason = error.message.encode()[:123].decode(errors="ignore")
-            await websocket.close(code=4000 + error.status, reason=reason)
-        except WebSocketDisconnect:
-            await self._abandon(session_id)
+            await refuse(websocket, error)
+            return
+        await run_stream(
+            websocket,
+            actor=actor,
+            result=functools.partial(self._result, session_id),
+            abandon=functools.partial(self._abandon, session_id),
+            stats=self.stats,
+            config=self.config,
+        )
 
     @api.post(f"/{API_VERSION}/videos", openapi_extra=VIDEO_BODY)
     async def deblur_video(
@@ -451,7 +426,7 @@ class DeblurApi:
         if token not in self.uploads:
             raise ApiError(404, "no upload with this progress token is running here")
         actor, total = self.uploads[token]
-        return progress_json(await actor.progress.remote(), total)
+        return progress_json(await actor.progress.options(concurrency_group="status").remote(), total)
 
     @api.get(f"/{API_VERSION}/sample")
     async def sample(self) -> Response:

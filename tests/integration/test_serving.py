@@ -185,7 +185,7 @@ def test_a_stream_the_caller_stops_reading_ends_its_session(serve_endpoint: dict
 
 
 def test_the_default_config_queues_streams_after_a_dropped_one_instead_of_refusing_them(serve_endpoint: dict) -> None:
-    """serve/config.yaml's defaults on a 2-core machine hold one session at a time (1 CPU each)."""
+    """serve/config.yaml's defaults on a 2-core machine: two sessions of 0.875 CPU beside the ingress."""
     from ray import serve
 
     from deblur.serving import build_app

@@ -42,7 +42,9 @@ class ServingConfig(Settings):
     max_sessions: StrictInt | None = Field(None, ge=1)
     max_queue: StrictInt = Field(16, ge=0)
     queue_wait_s: Number = Field(600.0, gt=0)
-    session_cpus: Number = Field(1.0, gt=0)
+    # 0.875: two sessions of one thread beside the ingress's 0.25 on a 2-CPU node, which streams more
+    # frames in total than one session with every thread (docs/performance.md, live streams)
+    session_cpus: Number = Field(0.875, gt=0)
     session_threads: StrictInt | None = Field(None, ge=1)  # torch threads per session; None: one per whole CPU
     session_gpus: Number | None = Field(None, ge=0)  # None: 1 when the cluster has GPUs, else 0 (CPU fallback)
     # s3:// prefixes jobs may read and write; () = none

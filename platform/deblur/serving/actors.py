@@ -163,7 +163,7 @@ class SessionActor:
             return target.read_bytes(), result.frames
 
     def progress(self) -> dict[str, Any]:
-        """Frames done and the rate, answered while an upload runs (session actors have two threads)."""
+        """Frames done and the rate, answered while an upload runs (in the "status" concurrency group)."""
         done = self.engine.frames_emitted
         seconds = time.monotonic() - self.work_started if self.work_started is not None else 0.0
         return {"frames_done": done, "fps": done / seconds if seconds > 0 else 0.0}

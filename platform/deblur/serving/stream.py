@@ -47,9 +47,10 @@ async def run_stream(
     """
     outbox: asyncio.Queue[tuple[str, Any, float]] = asyncio.Queue()  # (kind, what to send, when sent)
     room = asyncio.Semaphore(WINDOW)
-    fmt = {"value": "png"}  # the output format, set by the reader and used by the writer
+    fmt = "png"  # the frames' format both ways, set by the reader's settings message
 
     async def read() -> None:
+        nonlocal fmt
         width = height = None
         seq = 0
         while True:
@@ -67,10 +68,10 @@ async def run_stream(
                     await outbox.put(("finish", (actor.finish.remote(), seq), 0.0))
                     return
                 else:
-                    fmt["value"] = control.get("format", fmt["value"])
+                    fmt = control.get("format", fmt)
                     width, height = control.get("width", width), control.get("height", height)
                 continue
-            kind = "application/octet-stream" if fmt["value"] == "raw" else "image/png"
+            kind = "application/octet-stream" if fmt == "raw" else "image/png"
             frame = decode_frame(message["bytes"], kind, width=width, height=height, config=config)
             await room.acquire()
             await outbox.put(("frames", actor.push.remote(seq, frame), time.perf_counter()))
@@ -90,7 +91,7 @@ async def run_stream(
                 outputs = await result(item)
                 stats.add(time.perf_counter() - started, len(outputs))
             for _, out in outputs:
-                await websocket.send_bytes(encode_frame(out, fmt["value"]))
+                await websocket.send_bytes(encode_frame(out, fmt))
             if kind == "frames":
                 room.release()
             elif kind == "finish":

@@ -279,3 +279,24 @@ def test_training_state_round_trips_exactly(tmp_path: Path) -> None:
     other = tiny_model(variant="strcnn")
     with pytest.raises(TrainingError, match="the run trains strcnn"):
         load_training_state(tmp_path, model=other, optimizer=make_optimizer(other, config)[0], scheduler=scheduler)
+
+
+def test_a_resumed_run_decays_its_learning_rate_on_its_own_schedule(tmp_path: Path) -> None:
+    config = load_train_config("tiny", {"lr": 1e-3, "lr_decay": 0.5, "lr_decay_every": 2})
+    model = tiny_model()
+    optimizer, scheduler = make_optimizer(model, config)
+    for _ in range(3):  # the rate halved at step 2
+        optimizer.step()
+        scheduler.step()
+    save_training_state(
+        tmp_path, model=model, optimizer=optimizer, scheduler=scheduler, step=3, config=config, provenance={}
+    )
+    longer = load_train_config("tiny", {"lr": 1e-3, "lr_decay": 0.1, "lr_decay_every": 5})
+    optimizer2, scheduler2 = make_optimizer(model, longer)
+    assert load_training_state(tmp_path, model=model, optimizer=optimizer2, scheduler=scheduler2) == 3
+    rates = []
+    for _ in range(3):  # steps 4, 5, 6: the new period (5) and factor (0.1), from the rate reached
+        optimizer2.step()
+        scheduler2.step()
+        rates.append(optimizer2.param_groups[0]["lr"])
+    assert rates == pytest.approx([5e-4, 5e-5, 5e-5])

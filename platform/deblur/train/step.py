@@ -356,7 +356,12 @@ def load_training_state(
     # weights_only: the state holds tensors, numbers and strings, so loading never runs code.
     state = torch.load(directory / "train_state.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
+    # The decay's period and factor are the run's settings, not the checkpoint's: a resumed run
+    # may change lr_decay_every or lr_decay from here on. The learning rate reached is kept.
+    shape = {k: getattr(scheduler, k) for k in ("step_size", "gamma") if hasattr(scheduler, k)}
     scheduler.load_state_dict(state["scheduler"])
+    for key, value in shape.items():
+        setattr(scheduler, key, value)
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"])
 
